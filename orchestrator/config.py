@@ -1,0 +1,240 @@
+"""Typed, validated configuration on top of invoke's own config system.
+
+invoke merges its levels (project ``invoke.yaml``, ``-f site.yaml``, ``INVOKE_*``
+environment variables) into one tree; this module turns each of our sections of
+that tree into frozen dataclasses.  Every problem is reported as one line that
+names the dotted key and says why, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class Size(int):
+    """A byte count written as ``33554432``, ``32M``, ``32MiB`` or ``1.5G``."""
+
+    @classmethod
+    def parse(cls, value: Any, key: str) -> "Size":
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a size like 32M, got {value!r}")
+        if isinstance(value, int):
+            return cls(value)
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.I)
+        if not match:
+            raise ConfigError(f"{key}: expected a size like 32M or 1G, got {value!r}")
+        number, unit = match.groups()
+        return cls(int(float(number) * SIZE_UNITS[unit.upper()]))
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    """Key ``orchestrator``: where state lives and how runs talk."""
+
+    state_dir: Path = Path("/var/lib/gentoo-ec2-orchestrator")
+    progress: Literal["auto", "bar", "plain", "quiet"] = "auto"
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    codec: Literal["xz", "zstd"] = "xz"
+    level: int = 9
+    extreme: bool = True
+    workers: int = 0  # 0: the seed's CPUS+1
+
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1) + 1
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    recipients: list[str] = field(default_factory=list)
+    gpg_home: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    type: Literal["directory"] = "directory"
+    path: Path = Path("/var/backups/gentoo-ec2-orchestrator/store")
+    vault: str = "backups"
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    name: str
+    argv: list[str]
+    timeout: int = 3600
+    cwd: Path | None = None
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """Key ``backup``: the seed's nightly script, as settings."""
+
+    host: str = ""
+    staging_dir: Path = Path("/var/tmp/gentoo-ec2-orchestrator")
+    directories: list[str] = field(default_factory=lambda: ["/etc"])
+    exclude: list[str] = field(default_factory=list)
+    one_file_system: bool = True
+    chunk_size: Size = Size(32 * 1024**2)
+    queue_depth: int = 1
+    full_every_days: int = 7
+    keep_local_sets: int = 7
+    on_inflight: Literal["resume", "discard"] = "resume"
+    min_free_space: Size = Size(256 * 1024**2)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    hooks: list[HookConfig] = field(default_factory=list)
+
+    @property
+    def hostname(self) -> str:
+        return self.host or socket.gethostname()
+
+
+SECTIONS: dict[str, type] = {
+    "orchestrator": GeneralConfig,
+    "backup": BackupConfig,
+}
+
+
+def plain(value: Any) -> Any:
+    """invoke's DataProxy trees -> plain dicts and lists."""
+    if isinstance(value, Mapping) or hasattr(value, "_config"):
+        return {k: plain(value[k]) for k in value.keys()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def defaults() -> dict[str, dict]:
+    """Every section's defaults as plain data, for ``Collection.configure``.
+
+    invoke only maps ``INVOKE_*`` variables onto keys that already exist, so
+    registering the defaults is what makes ``INVOKE_BACKUP_CHUNK_SIZE=64M`` work.
+    """
+    return {name: _dump(cls()) for name, cls in SECTIONS.items()}
+
+
+def _dump(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, list):
+        return [_dump(v) for v in obj]
+    return obj
+
+
+def load_section(name: str, raw: Any) -> Any:
+    """Validate one top-level section (``backup``, ...) into its dataclass."""
+    return _build(SECTIONS[name], plain(raw) if raw is not None else {}, name)
+
+
+def from_invoke(config: Any, name: str) -> Any:
+    return load_section(name, config.get(name, {}) if hasattr(config, "get") else None)
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a mapping of settings, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            close = _closest(str(name), fields)
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ConfigError(f"{key}.{name}: unknown setting{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], f"{key}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}.{name}: required setting is missing")
+    return cls(**values)
+
+
+def _closest(name: str, choices) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of {allowed}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is Size:
+        return Size.parse(value, key)
+    if hint is bool:
+        return _bool(value, key)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {number}")
+        return number
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise AssertionError(f"no coercion for {hint!r} at {key}")
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")

@@ -1,0 +1,78 @@
+"""The JSON run report every job leaves behind, and the summary it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunReport:
+    job: str
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    status: str = "running"
+    exit_code: int | None = None
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    dry: bool = False
+
+    def finish(self, exit_code: int, error: str | None = None) -> None:
+        self.finished = time.time()
+        self.exit_code = exit_code
+        self.error = error
+        self.status = "ok" if exit_code == 0 else "failed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "started": _iso(self.started),
+            "finished": _iso(self.finished) if self.finished else None,
+            "duration_s": round((self.finished or time.time()) - self.started, 3),
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "dry": self.dry,
+            "warnings": self.warnings,
+            "summary": self.summary,
+        }
+
+    def write(self, reports_dir: Path) -> Path:
+        """Write ``<job>-<time>.json`` atomically and point ``<job>-latest.json`` at it."""
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.started))
+        path = reports_dir / f"{self.job}-{stamp}-{os.getpid()}.json"
+        _atomic_write(path, json.dumps(self.as_dict(), indent=2, default=str) + "\n")
+        latest = reports_dir / f"{self.job}-latest.json"
+        tmp = latest.with_name(latest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(path.name)
+        os.replace(tmp, latest)
+        return path
+
+    def summary_lines(self) -> list[str]:
+        head = f"{self.job}: {self.status.upper()} in {self.as_dict()['duration_s']:.1f} s"
+        lines = [head + (" (dry run)" if self.dry else "")]
+        lines += [f"  {key}: {value}" for key, value in self.summary.items() if not isinstance(value, (list, dict))]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return lines
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
