@@ -54,6 +54,7 @@ class GeneralConfig:
 
     state_dir: Path = Path("/var/lib/gentoo-ec2-orchestrator")
     progress: Literal["auto", "bar", "plain", "quiet"] = "auto"
+    catalog_timeout: int = 10  # seconds to wait for a catalog another process holds
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class CompressionConfig:
 class EncryptionConfig:
     recipients: list[str] = field(default_factory=list)
     gpg_home: Path | None = None
+    passphrase_file: Path | None = None  # for restore: unlocks the secret key; never logged
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,1 @@
+"""Offsite backup: tar -> split -> compress -> encrypt -> store, with a catalog and a restore."""

@@ -1,0 +1,239 @@
+"""The backup catalog: one SQLite file (stdlib) in the state directory.
+
+It records sets, their directories, every part (sizes, sha256, tree hash,
+archive id, store) and the incremental chain.  The store holds the same facts
+(part descriptions and a manifest per set), so a lost catalog can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import OrchestratorError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sets (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('full', 'incremental')),
+    parent_id TEXT,
+    chain_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('inflight', 'complete', 'discarded')),
+    local_state TEXT NOT NULL DEFAULT 'inflight' CHECK (local_state IN ('inflight', 'complete', 'pruned')),
+    store TEXT NOT NULL,
+    codec TEXT NOT NULL,
+    encrypted INTEGER NOT NULL,
+    created REAL NOT NULL,
+    finished REAL,
+    manifest_id TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS set_dirs (
+    set_id TEXT NOT NULL REFERENCES sets(id) ON DELETE CASCADE,
+    slug TEXT NOT NULL,
+    path TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done')),
+    tar_rc INTEGER,
+    bytes_in INTEGER,
+    PRIMARY KEY (set_id, slug)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    set_id TEXT NOT NULL REFERENCES sets(id) ON DELETE CASCADE,
+    slug TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    plain_size INTEGER NOT NULL,
+    plain_sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    tree_hash TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'local' CHECK (status IN ('local', 'uploading', 'stored')),
+    archive_id TEXT,
+    store TEXT,
+    PRIMARY KEY (set_id, slug, idx)
+);
+CREATE INDEX IF NOT EXISTS sets_by_host ON sets (host, status, created);
+"""
+
+
+class Catalog:
+    """Thread-safe access to the catalog: compress workers and uploaders record parts concurrently."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path, timeout: float = 10.0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+            catalog = cls(conn, path)
+            catalog._init_schema()
+            yield catalog
+        except sqlite3.OperationalError as exc:
+            raise _catalog_error(path, exc) from None
+        finally:
+            conn.close()
+
+    def _init_schema(self) -> None:
+        with self.transaction():
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.conn.execute(statement)
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise OrchestratorError(
+                    f"catalog {self.path} has schema v{row[0]}, newer than this tool's v{SCHEMA_VERSION}: "
+                    "upgrade gentoo-ec2-orchestrator (the catalog was left untouched)"
+                )
+
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _catalog_error(self.path, exc) from None
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    def _query(self, sql: str, args=()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.conn.execute(sql, args).fetchall()
+
+    def _write(self, sql: str, args=()) -> None:
+        with self.transaction() as conn:
+            conn.execute(sql, args)
+
+    # sets -------------------------------------------------------------------------------
+    def new_set(self, *, set_id, host, kind, parent_id, chain_id, store, codec, encrypted, directories) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sets (id, host, kind, parent_id, chain_id, status, store, codec, encrypted, created)"
+                " VALUES (?, ?, ?, ?, ?, 'inflight', ?, ?, ?, ?)",
+                (set_id, host, kind, parent_id, chain_id, store, codec, int(encrypted), time.time()),
+            )
+            conn.executemany(
+                "INSERT INTO set_dirs (set_id, slug, path, position) VALUES (?, ?, ?, ?)",
+                [(set_id, slug, path, i) for i, (slug, path) in enumerate(directories)],
+            )
+
+    def get_set(self, set_id: str) -> sqlite3.Row | None:
+        rows = self._query("SELECT * FROM sets WHERE id = ?", (set_id,))
+        return rows[0] if rows else None
+
+    def sets(self, host: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM sets WHERE 1=1", []
+        if host:
+            sql, args = sql + " AND host = ?", args + [host]
+        if status:
+            sql, args = sql + " AND status = ?", args + [status]
+        return self._query(sql + " ORDER BY created, id", args)
+
+    def latest_complete(self, host: str) -> sqlite3.Row | None:
+        rows = self.sets(host, "complete")
+        return rows[-1] if rows else None
+
+    def chain(self, set_id: str) -> list[sqlite3.Row]:
+        """The sets a restore of ``set_id`` applies, oldest (the full) first."""
+        chain, current = [], self.get_set(set_id)
+        while current is not None:
+            chain.append(current)
+            current = self.get_set(current["parent_id"]) if current["parent_id"] else None
+        return chain[::-1]
+
+    def finish_set(self, set_id: str, manifest_id: str | None) -> None:
+        self._write(
+            "UPDATE sets SET status = 'complete', finished = ?, manifest_id = ?, error = NULL WHERE id = ?",
+            (time.time(), manifest_id, set_id),
+        )
+
+    def set_status(self, set_id: str, status: str, error: str | None = None) -> None:
+        self._write("UPDATE sets SET status = ?, error = ? WHERE id = ?", (status, error, set_id))
+
+    def set_error(self, set_id: str, error: str) -> None:
+        self._write("UPDATE sets SET error = ? WHERE id = ?", (error, set_id))
+
+    def set_local_state(self, set_id: str, state: str) -> None:
+        self._write("UPDATE sets SET local_state = ? WHERE id = ?", (state, set_id))
+
+    # directories ------------------------------------------------------------------------
+    def dirs(self, set_id: str) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM set_dirs WHERE set_id = ? ORDER BY position", (set_id,))
+
+    def dir_done(self, set_id: str, slug: str, tar_rc: int, bytes_in: int) -> None:
+        self._write(
+            "UPDATE set_dirs SET status = 'done', tar_rc = ?, bytes_in = ? WHERE set_id = ? AND slug = ?",
+            (tar_rc, bytes_in, set_id, slug),
+        )
+
+    def dir_reset(self, set_id: str, slug: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM parts WHERE set_id = ? AND slug = ?", (set_id, slug))
+            conn.execute(
+                "UPDATE set_dirs SET status = 'pending', tar_rc = NULL, bytes_in = NULL WHERE set_id = ? AND slug = ?",
+                (set_id, slug),
+            )
+
+    # parts ------------------------------------------------------------------------------
+    def add_part(self, *, set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO parts (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash),
+        )
+
+    def part_uploading(self, set_id: str, slug: str, idx: int, store: str) -> None:
+        self._write(
+            "UPDATE parts SET status = 'uploading', store = ? WHERE set_id = ? AND slug = ? AND idx = ?",
+            (store, set_id, slug, idx),
+        )
+
+    def part_stored(self, set_id: str, slug: str, idx: int, archive_id: str, store: str) -> None:
+        self._write(
+            "UPDATE parts SET status = 'stored', archive_id = ?, store = ? WHERE set_id = ? AND slug = ? AND idx = ?",
+            (archive_id, store, set_id, slug, idx),
+        )
+
+    def parts(self, set_id: str, slug: str | None = None) -> list[sqlite3.Row]:
+        if slug is None:
+            return self._query("SELECT * FROM parts WHERE set_id = ? ORDER BY slug, idx", (set_id,))
+        return self._query("SELECT * FROM parts WHERE set_id = ? AND slug = ? ORDER BY idx", (set_id, slug))
+
+    def all_parts(self) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM parts ORDER BY set_id, slug, idx")
+
+    def set_totals(self, set_id: str) -> sqlite3.Row:
+        return self._query(
+            "SELECT COUNT(*) AS parts, COALESCE(SUM(plain_size), 0) AS plain, COALESCE(SUM(size), 0) AS stored"
+            " FROM parts WHERE set_id = ?",
+            (set_id,),
+        )[0]
+
+
+def _catalog_error(path: Path, exc: sqlite3.OperationalError) -> OrchestratorError:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return OrchestratorError(
+            f"catalog {path} is locked by another process (an open sqlite3 shell?); nothing was changed"
+        )
+    return OrchestratorError(f"catalog {path}: {exc}")

@@ -1,0 +1,59 @@
+"""Job bodies for ``inv backup`` and ``inv restore``: wiring config, catalog and store together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import BackupConfig
+from ..job import JobRun
+from .catalog import Catalog
+from .layout import Layout
+from .pipeline import BackupRun
+from .preflight import check_backup
+from .restore import Restorer, describe_sets, resolve_set
+from .stores import open_store
+
+
+def catalog_path(run: JobRun) -> Path:
+    return run.general.state_dir / "catalog.sqlite"
+
+
+def backup(run: JobRun) -> None:
+    cfg: BackupConfig = run.section("backup")
+    if not run.dry:
+        check_backup(cfg)
+        run.general.state_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg.store)
+    if run.dry:
+        pipeline = BackupRun(cfg, run.general, None, store, run.local(), run.progress, dry=True)
+        run.report.summary.update(pipeline.execute())
+        return
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        pipeline = BackupRun(cfg, run.general, catalog, store, run.local(), run.progress)
+        try:
+            run.report.summary.update(pipeline.execute())
+        finally:
+            run.report.warnings.extend(pipeline.warnings)
+
+
+def list_sets(run: JobRun, host: str | None = None) -> list[str]:
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        lines = describe_sets(catalog, host)
+    for line in lines or ["no backup sets in the catalog yet"]:
+        print(line, flush=True)
+    run.report.summary["sets"] = len(lines)
+    return lines
+
+
+def restore(run: JobRun, target: str, set_id: str | None = None, directories: list[str] | None = None) -> None:
+    cfg: BackupConfig = run.section("backup")
+    store = open_store(cfg.store)
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        row = resolve_set(catalog, cfg.hostname, set_id)
+        layout = Layout(cfg.staging_dir, run.general.state_dir, row["host"])
+        restorer = Restorer(catalog, store, layout, cfg.encryption, run.progress,
+                            cfg.compression.effective_workers())
+        if run.dry:
+            print(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
+            return
+        run.report.summary.update(restorer.restore(row, Path(target).absolute(), directories))

@@ -1,0 +1,34 @@
+"""invoke entry point: ``inv --list`` shows the verbs; the logic lives in ``orchestrator``."""
+
+from invoke import Collection, task
+
+from orchestrator import config
+from orchestrator.backup import jobs as backup_jobs
+from orchestrator.job import run_task
+
+
+@task
+def backup(c):
+    """Back up every configured directory: tar | split | xz | gpg -> store, with catalog and retention."""
+    run_task(c, "backup", backup_jobs.backup)
+
+
+@task(
+    iterable=["dir"],
+    help={
+        "list": "list the sets in the catalog and exit",
+        "set": "set id to restore (default: the newest complete set)",
+        "target": "empty or new directory to restore into",
+        "dir": "restore only this backed-up directory (repeatable), e.g. --dir /etc",
+    },
+)
+def restore(c, target=None, set=None, dir=None, list=False):
+    """Restore a set and its incremental chain into a directory, verifying every part first."""
+    if list or not target:
+        run_task(c, "restore-list", backup_jobs.list_sets, locked=False)
+        return
+    run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None))
+
+
+ns = Collection(backup, restore)
+ns.configure(config.defaults())
