@@ -29,12 +29,16 @@ class JobRun:
     progress: Progress
     report: RunReport
     dry: bool
+    out: Any = None
+
+    def echo(self, line: str) -> None:
+        print(line, file=self.out or sys.stdout, flush=True)
 
     def section(self, name: str):
         return from_invoke(self.config, name)
 
     def local(self) -> LocalTarget:
-        return LocalTarget(dry=self.dry, echo=print)
+        return LocalTarget(dry=self.dry, echo=self.echo)
 
 
 def execute(config: Any, job: str, body: Callable[[JobRun], None], *, locked: bool = True, out=None) -> int:
@@ -53,7 +57,7 @@ def execute(config: Any, job: str, body: Callable[[JobRun], None], *, locked: bo
         with terminate_unwinds():
             general = from_invoke(config, "orchestrator")
             reports_dir = general.state_dir / "reports"
-            run = JobRun(config, general, Progress(general.progress), report, dry)
+            run = JobRun(config, general, Progress(general.progress), report, dry, out)
             lock = held_lock(general.state_dir / "locks" / f"{job}.lock", f"inv {job}")
             with lock if locked and not dry else nullcontext():
                 body(run)

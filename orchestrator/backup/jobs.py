@@ -40,7 +40,7 @@ def list_sets(run: JobRun, host: str | None = None) -> list[str]:
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
         lines = describe_sets(catalog, host)
     for line in lines or ["no backup sets in the catalog yet"]:
-        print(line, flush=True)
+        run.echo(line)
     run.report.summary["sets"] = len(lines)
     return lines
 
@@ -54,6 +54,6 @@ def restore(run: JobRun, target: str, set_id: str | None = None, directories: li
         restorer = Restorer(catalog, store, layout, cfg.encryption, run.progress,
                             cfg.compression.effective_workers())
         if run.dry:
-            print(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
+            run.echo(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
             return
         run.report.summary.update(restorer.restore(row, Path(target).absolute(), directories))

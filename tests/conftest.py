@@ -1,0 +1,87 @@
+"""Shared fixtures: a scratch site (state, staging, store) and helpers to run jobs for real."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from orchestrator.job import execute  # noqa: E402
+
+
+class Site:
+    """A throwaway installation: its own state dir, staging disk and directory store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.data.mkdir()
+        self.config = {
+            "orchestrator": {"state_dir": str(root / "state"), "progress": "plain"},
+            "backup": {
+                "host": "testhost",
+                "directories": [str(self.data)],
+                "staging_dir": str(root / "staging"),
+                "chunk_size": "1M",
+                "min_free_space": 0,
+                "compression": {"codec": "xz", "level": 1, "extreme": False, "workers": 2},
+                "store": {"type": "directory", "path": str(root / "store")},
+            },
+        }
+
+    def set(self, dotted: str, value) -> "Site":
+        node = self.config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+        return self
+
+    def run(self, job: str, body, dry: bool = False) -> tuple[int, str]:
+        config = copy.deepcopy(self.config)
+        config["run"] = {"dry": dry}
+        out = io.StringIO()
+        code = execute(config, job, body, out=out)
+        return code, out.getvalue()
+
+    def backup(self, dry: bool = False) -> tuple[int, str]:
+        from orchestrator.backup import jobs
+
+        return self.run("backup", jobs.backup, dry=dry)
+
+    def restore(self, target: Path, set_id: str | None = None, dirs=None) -> tuple[int, str]:
+        from orchestrator.backup import jobs
+
+        return self.run("restore", lambda r: jobs.restore(r, str(target), set_id, dirs))
+
+    def catalog(self):
+        from orchestrator.backup.catalog import Catalog
+
+        return Catalog.open(self.root / "state" / "catalog.sqlite")
+
+    def store(self):
+        from orchestrator.backup.stores import DirectoryStore
+
+        return DirectoryStore(self.root / "store", "backups")
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging" / "testhost"
+
+
+@pytest.fixture
+def site(tmp_path) -> Site:
+    return Site(tmp_path)
+
+
+def summary_value(output: str, key: str) -> str:
+    for line in output.splitlines():
+        if line.strip().startswith(f"{key}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{key} not in summary:\n{output}")
