@@ -139,6 +139,9 @@ def defaults() -> dict[str, dict]:
 
     invoke only maps ``INVOKE_*`` variables onto keys that already exist, so
     registering the defaults is what makes ``INVOKE_BACKUP_CHUNK_SIZE=64M`` work.
+    Scalars are registered as text: invoke casts an environment value to the
+    default's type itself, and would crash on ``64M`` for an int; our validator
+    does the casting instead, with an error that names the key.
     """
     return {name: _dump(cls()) for name, cls in SECTIONS.items()}
 
@@ -146,10 +149,12 @@ def defaults() -> dict[str, dict]:
 def _dump(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Path):
-        return str(obj)
     if isinstance(obj, list):
         return [_dump(v) for v in obj]
+    if isinstance(obj, bool):
+        return "true" if obj else "false"
+    if isinstance(obj, (Path, int, float)):
+        return str(obj)
     return obj
 
 

@@ -1,0 +1,119 @@
+"""Configuration through invoke's own system, validated into typed objects with one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import BackupConfig, Size, defaults, load_section
+from orchestrator.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"compresion": {}}, "backup.compresion: unknown setting (did you mean compression?)"),
+    ({"chunk_size": "lots"}, "backup.chunk_size: expected a size like 32M or 1G, got 'lots'"),
+    ({"keep_local_sets": "seven"}, "backup.keep_local_sets: expected an integer, got 'seven'"),
+    ({"keep_local_sets": -1}, "backup.keep_local_sets: must not be negative, got -1"),
+    ({"directories": "/etc"}, "backup.directories: expected a list, got str"),
+    ({"directories": ["/etc", 3]}, "backup.directories[1]: expected a string, got int 3"),
+    ({"compression": {"codec": "gzip"}}, "backup.compression.codec: 'gzip' is not one of 'xz', 'zstd'"),
+    ({"one_file_system": "maybe"}, "backup.one_file_system: expected true or false, got 'maybe'"),
+    ({"hooks": [{"argv": ["true"]}]}, "backup.hooks[0].name: required setting is missing"),
+    ({"store": ["directory"]}, "backup.store: expected a mapping of settings, got list"),
+])
+def test_bad_settings_are_one_line_errors_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as err:
+        load_section("backup", raw)
+    assert str(err.value) == message
+    assert "\n" not in str(err.value)
+
+
+def test_sizes_and_defaults():
+    assert Size.parse("32M", "k") == 32 * 1024**2
+    assert Size.parse("1.5GiB", "k") == int(1.5 * 1024**3)
+    assert Size.parse(4096, "k") == 4096
+    cfg = load_section("backup", {})
+    assert isinstance(cfg, BackupConfig)
+    assert cfg.directories == ["/etc"] and cfg.keep_local_sets == 7
+    assert cfg.compression.level == 9 and cfg.compression.extreme, "the seed's xz -9 -e"
+    assert cfg.compression.effective_workers() == (os.cpu_count() or 1) + 1, "the seed's CPUS+1"
+    assert load_section("backup", defaults()["backup"]) == cfg, "registered defaults validate to the same"
+
+
+def inv(args, cwd=ROOT, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def test_inv_list_shows_the_verbs():
+    out = inv(["--list"]).stdout
+    assert "backup" in out and "restore" in out
+
+
+def write_site(tmp_path, extra="") -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "f").write_text("hello")
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        f"orchestrator: {{state_dir: {tmp_path}/state, progress: plain}}\n"
+        f"backup:\n  host: clihost\n  directories: [{data}]\n  staging_dir: {tmp_path}/staging\n"
+        f"  min_free_space: 0\n  compression: {{level: 1, extreme: false}}\n"
+        f"  store: {{path: {tmp_path}/store}}\n{extra}"
+    )
+    return site
+
+
+def test_inv_backup_with_site_file_then_restore_list(tmp_path):
+    site = write_site(tmp_path)
+    done = inv(["-f", str(site), "backup"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "backup: OK" in done.stdout
+    listing = inv(["-f", str(site), "restore", "--list"])
+    assert listing.returncode == 0 and "clihost  full" in listing.stdout
+
+
+def test_invoke_env_variable_overrides_a_setting(tmp_path):
+    site = write_site(tmp_path)
+    done = inv(["-f", str(site), "backup"], env={"INVOKE_BACKUP_CHUNK_SIZE": "lots"})
+    assert done.returncode == 2
+    assert "backup.chunk_size: expected a size like 32M or 1G, got 'lots'" in done.stdout
+
+
+def test_missing_directory_fails_before_any_work_with_exit_2(tmp_path):
+    site = write_site(tmp_path, extra="")
+    text = site.read_text().replace("directories: [", f"directories: [{tmp_path}/nope, ")
+    site.write_text(text)
+    done = inv(["-f", str(site), "backup"])
+    assert done.returncode == 2
+    assert f"backup.directories[0]: {tmp_path}/nope does not exist" in done.stdout
+    assert not (tmp_path / "staging").exists() and not (tmp_path / "store").exists()
+
+
+def test_unknown_key_in_site_file_is_refused(tmp_path):
+    site = write_site(tmp_path, extra="  retension: 3\n")
+    done = inv(["-f", str(site), "backup"])
+    assert done.returncode == 2 and "backup.retension: unknown setting" in done.stdout
+
+
+def test_inv_dry_prints_commands(tmp_path):
+    site = write_site(tmp_path)
+    done = inv(["--dry", "-f", str(site), "backup"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[dry-run] tar --create" in done.stdout
+    assert not (tmp_path / "store").exists()
+
+
+def test_example_site_config_is_valid():
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "examples" / "site.yaml").read_text())
+    cfg = load_section("backup", raw["backup"])
+    assert cfg.directories == ["/root", "/sbin", "/usr", "/var", "/opt", "/lib32", "/lib64", "/etc", "/bin", "/boot"]
+    assert cfg.keep_local_sets == 7
