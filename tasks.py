@@ -30,5 +30,13 @@ def restore(c, target=None, set=None, dir=None, list=False):
     run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None))
 
 
-ns = Collection(backup, restore)
+@task
+def rebuild(c):
+    """Rebuild the backup catalog from the store alone (every set's manifest), e.g. on a fresh machine."""
+    run_task(c, "catalog-rebuild", backup_jobs.rebuild)
+
+
+catalog = Collection("catalog")
+catalog.add_task(rebuild)
+ns = Collection(backup, restore, catalog)
 ns.configure(config.defaults())

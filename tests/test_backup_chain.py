@@ -137,3 +137,33 @@ def test_layout_paths_match_the_seed(site):
     layout = Layout(site.root / "staging", site.root / "state", "h")
     assert layout.inflight == site.root / "staging" / "h" / "inflight"
     assert layout.complete == site.root / "staging" / "h" / "complete"
+
+
+def test_lost_catalog_is_rebuilt_from_the_store_and_the_chain_restores(site, tmp_path):
+    from orchestrator.backup import jobs
+
+    (site.data / "a").write_text("one")
+    backup_ok(site)
+    time.sleep(1.1)
+    (site.data / "a").write_text("two")
+    (site.data / "b").write_text("new")
+    newest = backup_ok(site)
+    expected = fingerprint(site.data)
+    with site.catalog() as cat:
+        before = [dict(r) for r in cat.sets()]
+        parts_before = [dict(p) for p in cat.all_parts()]
+    (site.root / "state" / "catalog.sqlite").unlink()
+    import shutil
+    shutil.rmtree(site.staging)  # a fresh machine: no staging copies either
+    code, out = site.run("catalog-rebuild", jobs.rebuild)
+    assert code == 0, out
+    assert "recovered_sets: 2" in out
+    with site.catalog() as cat:
+        after = [dict(r) for r in cat.sets()]
+        assert [dict(p) for p in cat.all_parts()] == parts_before
+    keys = ["id", "host", "kind", "parent_id", "chain_id", "status", "codec", "encrypted", "manifest_id"]
+    assert [{k: r[k] for k in keys} for r in after] == [{k: r[k] for k in keys} for r in before]
+    assert site.run("catalog-rebuild", jobs.rebuild)[1].count("recovered_sets: 0") == 1, "idempotent"
+    code, out = site.restore(tmp_path / "r", newest)
+    assert code == 0, out
+    assert fingerprint(tmp_path / "r" / site.data.relative_to("/")) == expected

@@ -9,6 +9,7 @@ from ..job import JobRun
 from .catalog import Catalog
 from .layout import Layout
 from .pipeline import BackupRun
+from .recover import rebuild_catalog
 from .preflight import check_backup
 from .restore import Restorer, describe_sets, resolve_set
 from .stores import open_store
@@ -57,3 +58,17 @@ def restore(run: JobRun, target: str, set_id: str | None = None, directories: li
             run.echo(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
             return
         run.report.summary.update(restorer.restore(row, Path(target).absolute(), directories))
+
+
+def rebuild(run: JobRun) -> None:
+    """Recreate catalog entries from the store's manifests (a fresh machine, a lost state dir)."""
+    cfg: BackupConfig = run.section("backup")
+    store = open_store(cfg.store)
+    if run.dry:
+        run.echo(f"[dry-run] would read every manifest in {store.name} into {catalog_path(run)}")
+        return
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        added = rebuild_catalog(catalog, store, lambda host: Layout(cfg.staging_dir, run.general.state_dir, host))
+    for set_id in added:
+        run.echo(f"recovered set {set_id}")
+    run.report.summary.update({"recovered_sets": len(added), "store": store.name})
