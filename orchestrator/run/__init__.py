@@ -2,5 +2,6 @@
 
 from .base import Result, Target
 from .local import LocalTarget
+from .remote import RemoteTarget
 
-__all__ = ["LocalTarget", "Result", "Target"]
+__all__ = ["LocalTarget", "RemoteTarget", "Result", "Target"]
