@@ -220,6 +220,9 @@ class Catalog:
             return self._query("SELECT * FROM parts WHERE set_id = ? ORDER BY slug, idx", (set_id,))
         return self._query("SELECT * FROM parts WHERE set_id = ? AND slug = ? ORDER BY idx", (set_id, slug))
 
+    def get_part(self, set_id: str, slug: str, idx: int) -> sqlite3.Row:
+        return self._query("SELECT * FROM parts WHERE set_id = ? AND slug = ? AND idx = ?", (set_id, slug, idx))[0]
+
     def all_parts(self) -> list[sqlite3.Row]:
         return self._query("SELECT * FROM parts ORDER BY set_id, slug, idx")
 

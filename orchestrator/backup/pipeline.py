@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_EXCEPTION
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,7 +253,7 @@ class BackupRun:
                 self._uploads.append(self._uploader.submit(self.upload_part, plan.set_id, part["slug"], part["idx"]))
 
     def upload_part(self, set_id: str, slug: str, idx: int) -> None:
-        (part,) = [p for p in self.catalog.parts(set_id, slug) if p["idx"] == idx]
+        part = self.catalog.get_part(set_id, slug, idx)
         if part["status"] == "stored":
             return
         description = metadata.part_description(host=self.cfg.hostname, set_id=set_id, slug=slug, idx=idx,
