@@ -1,0 +1,83 @@
+"""Progress on a terminal vs in cron, the job lock, and local commands under --dry."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.errors import CommandError, LockedError
+from orchestrator.lock import held_lock
+from orchestrator.progress import Progress
+from orchestrator.run import LocalTarget
+
+
+class FakeTty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_plain_lines_when_not_on_a_terminal():
+    stream = io.StringIO()
+    progress = Progress("auto", stream=stream)
+    progress.say("etc: tar /etc")
+    with progress.counter("etc") as counter:
+        counter.update(10)
+    assert progress.mode == "plain"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d etc: tar /etc\n", stream.getvalue())
+
+
+def test_bars_on_a_terminal():
+    stream = FakeTty()
+    progress = Progress("auto", stream=stream)
+    with progress.counter("etc", total=1024) as counter:
+        counter.update(512)
+        progress.say("between bars")
+    assert progress.mode == "bar"
+    assert "50%" in stream.getvalue() and "between bars" in stream.getvalue()
+
+
+def test_lock_refuses_a_second_holder_and_is_freed_when_the_holder_dies(tmp_path):
+    lock = tmp_path / "job.lock"
+    with held_lock(lock, "inv backup"):
+        with pytest.raises(LockedError, match=r"inv backup is already running \(pid \d+ since"):
+            with held_lock(lock, "inv backup"):
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.');"
+        "from orchestrator.lock import held_lock;"
+        f"cm = held_lock(__import__('pathlib').Path({str(lock)!r}), 'x'); cm.__enter__();"
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockedError):
+        with held_lock(lock, "x"):
+            pass
+    holder.kill()
+    holder.wait()
+    with held_lock(lock, "x"):
+        pass
+
+
+def test_local_target_runs_argv_verbatim_and_reports_failures():
+    target = LocalTarget()
+    tricky = "a b; $(id) `id` 'q'"
+    assert target.run(["printf", "%s", tricky]).stdout == tricky
+    with pytest.raises(CommandError, match=r"local: sh exited 3: boom"):
+        target.run(["sh", "-c", "echo boom >&2; exit 3"])
+    assert target.run(["false"], check=False).returncode == 1
+    with pytest.raises(CommandError, match="command not found"):
+        target.run(["definitely-not-a-command-xyz"])
+
+
+def test_dry_local_target_prints_and_runs_nothing(tmp_path):
+    lines = []
+    target = LocalTarget(dry=True, echo=lines.append)
+    victim = tmp_path / "keep me"
+    victim.write_text("x")
+    target.run(["rm", "-f", victim])
+    assert victim.exists()
+    assert lines == [f"[dry-run] local: rm -f '{victim}'"]
+    assert target.run(["echo", "probe"], mutates=False).stdout == "probe\n", "read-only probes still run"
