@@ -93,13 +93,13 @@ class Restorer:
         (work / "tree").mkdir(parents=True)
         try:
             plan = {slug: self.fetch_verified(chain, slug, work / "parts") for slug in slugs}
-            restored = sum(self.unpack(sources, work / "tree") for sources in plan.values())
+            restored = self.unpack([sources for per_set in plan.values() for sources in per_set], work / "tree")
             if target.exists():
                 target.rmdir()
             os.replace(work / "tree", target)
         finally:
             remove_tree(work)
-        parts = sum(len(s) for s in plan.values())
+        parts = sum(len(sources) for per_set in plan.values() for sources in per_set)
         return {"set": set_row["id"], "chain": " -> ".join(r["id"] for r in chain),
                 "directories": len(slugs), "parts": parts, "restored": human_size(restored), "target": str(target)}
 
@@ -151,28 +151,29 @@ class Restorer:
             )
         return dest
 
-    # unpacking --------------------------------------------------------------------------
-    def unpack(self, per_set: list[list[PartSource]], tree: Path) -> int:
-        """Apply the chain in order: one ``tar -x`` per set, fed by parallel decoders."""
-        total = 0
-        for sources in per_set:
-            with tempfile.TemporaryFile() as err:
-                tar = subprocess.Popen(TAR_EXTRACT + ["--directory", str(tree)], stdin=subprocess.PIPE, stderr=err)
-                try:
-                    for data in self.decoded(sources):
-                        tar.stdin.write(data)
-                        total += len(data)
-                    tar.stdin.close()
-                except BrokenPipeError:
-                    pass
-                finally:
-                    if tar.poll() is None and not tar.stdin.closed:
-                        tar.kill()
-                    rc = tar.wait()
-                err.seek(0)
-                if rc != 0:
-                    tail = " | ".join(err.read().decode(errors="replace").strip().splitlines()[-3:])
-                    raise OrchestratorError(f"tar extract of set {sources[0].set_id} failed (exit {rc}): {tail}")
+    # unpacking ---------------------------------------------------------------------------
+    def unpack(self, streams: list[list[PartSource]], tree: Path) -> int:
+        """Feed each stream (one directory of one set, chain order) to its own ``tar -x``.
+
+        One decode window runs across all streams, so the decoders keep working
+        while one tar finishes and the next starts.
+        """
+        total, current, sink = 0, None, None
+        flat = [(i, source) for i, sources in enumerate(streams) for source in sources]
+        try:
+            for (i, source), data in zip(flat, self.decoded([s for _, s in flat])):
+                if i != current:
+                    if sink is not None:
+                        sink.finish()
+                    sink, current = TarSink(tree, source.set_id), i
+                sink.write(data)
+                total += len(data)
+            if sink is not None:
+                sink.finish()
+                sink = None
+        finally:
+            if sink is not None:
+                sink.kill()
         return total
 
     def decoded(self, sources: list[PartSource]):
@@ -196,6 +197,38 @@ class Restorer:
             raise OrchestratorError(f"part {source.name} of set {source.set_id} decoded to different bytes "
                                     "than were backed up; nothing more was unpacked")
         return data
+
+
+class TarSink:
+    """One ``tar -x`` reading a stream from us; ``finish`` checks how it ended."""
+
+    def __init__(self, tree: Path, set_id: str):
+        self.set_id = set_id
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(TAR_EXTRACT + ["--directory", str(tree)], stdin=subprocess.PIPE, stderr=self.err)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:
+            self.finish()
+
+    def finish(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = self.proc.wait()
+        self.err.seek(0)
+        tail = " | ".join(self.err.read().decode(errors="replace").strip().splitlines()[-3:])
+        self.err.close()
+        if rc != 0:
+            raise OrchestratorError(f"tar extract of set {self.set_id} failed (exit {rc}): {tail}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.err.close()
 
 
 def run_chain(stages: list[list[str]], path: Path) -> bytes:
