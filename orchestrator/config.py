@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
+MIB = 1024**2
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -80,10 +81,51 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class PriceConfig:
+    """USD per GB-month by storage class, for the cost line (us-east-1 list prices, 2025)."""
+
+    deep_archive: float = 0.00099
+    glacier: float = 0.0036
+    glacier_ir: float = 0.004
+    standard_ia: float = 0.0125
+    standard: float = 0.023
+    vault: float = 0.004
+    directory: float = 0.0
+
+
+STORAGE_CLASSES = ("DEEP_ARCHIVE", "GLACIER", "GLACIER_IR", "STANDARD_IA", "STANDARD")
+# Minimum storage duration AWS bills for, in days: deleting earlier costs the rest.
+MIN_STORAGE_DAYS = {"DEEP_ARCHIVE": 180, "GLACIER": 90, "GLACIER_IR": 90, "STANDARD_IA": 30, "STANDARD": 0,
+                    "vault": 90, "directory": 0}
+
+
+@dataclass(frozen=True)
 class StoreConfig:
-    type: Literal["directory"] = "directory"
+    """Key ``backup.store``: where parts go. ``directory`` needs nothing from AWS."""
+
+    type: Literal["directory", "s3", "glacier"] = "directory"
     path: Path = Path("/var/backups/gentoo-ec2-orchestrator/store")
     vault: str = "backups"
+    bucket: str = ""
+    prefix: str = "gentoo-ec2-orchestrator/"
+    storage_class: Literal["DEEP_ARCHIVE", "GLACIER", "GLACIER_IR", "STANDARD_IA", "STANDARD"] = "DEEP_ARCHIVE"
+    region: str = ""
+    endpoint_url: str = ""
+    profile: str = ""
+    max_attempts: int = 10
+    upload_workers: int = 4
+    part_size: Size = Size(0)  # 0: chosen per archive (power of two MiB, <= 10,000 parts)
+    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
+    retrieval_days: int = 7
+    poll_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class RemoteRetentionConfig:
+    """Key ``backup.remote_retention``: 0 means no limit of that kind."""
+
+    keep_sets: int = 0
+    max_age_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +154,8 @@ class BackupConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    remote_retention: RemoteRetentionConfig = field(default_factory=RemoteRetentionConfig)
+    prices: PriceConfig = field(default_factory=PriceConfig)
     hooks: list[HookConfig] = field(default_factory=list)
 
     @property
@@ -161,6 +205,16 @@ def _dump(obj: Any) -> Any:
 def load_section(name: str, raw: Any) -> Any:
     """Validate one top-level section (``backup``, ...) into its dataclass."""
     return _build(SECTIONS[name], plain(raw) if raw is not None else {}, name)
+
+
+def check_store(store: StoreConfig) -> None:
+    """Settings that only make sense together."""
+    if store.type == "s3" and not store.bucket:
+        raise ConfigError("backup.store.bucket: required when backup.store.type is s3")
+    if store.type == "glacier" and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", store.vault):
+        raise ConfigError(f"backup.store.vault: {store.vault!r} is not a valid Glacier vault name")
+    if store.part_size and (store.part_size % MIB or (store.part_size // MIB) & (store.part_size // MIB - 1)):
+        raise ConfigError(f"backup.store.part_size: {store.part_size} is not a power of two MiB (1M .. 4G)")
 
 
 def from_invoke(config: Any, name: str) -> Any:
@@ -214,6 +268,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return _build(hint, value, key)
     if hint is Size:
         return Size.parse(value, key)
+    if hint is float:
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < 0:
+            raise ConfigError(f"{key}: expected a non-negative number, got {value!r}")
+        return number
     if hint is bool:
         return _bool(value, key)
     if hint is int:

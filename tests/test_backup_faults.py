@@ -181,5 +181,22 @@ def test_catalog_from_a_newer_schema_is_refused_and_untouched(site):
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     before = db.read_bytes()
     code, out = site.backup()
-    assert code == 1 and "schema v99, newer than this tool's v1" in out
+    assert code == 1 and "schema v99, newer than this tool's v2" in out
     assert db.read_bytes() == before
+
+
+def test_catalog_v1_is_migrated_in_place_and_keeps_its_sets(site, tmp_path):
+    (site.data / "f").write_text("x")
+    assert site.backup()[0] == 0
+    db = site.root / "state" / "catalog.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE parts DROP COLUMN leaves")
+        conn.execute("ALTER TABLE parts DROP COLUMN upload_id")
+        conn.execute("DROP TABLE retrievals")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    code, out = site.restore(tmp_path / "r")
+    assert code == 0, out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(parts)")}
+    assert {"leaves", "upload_id"} <= columns

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,7 +58,18 @@ CREATE TABLE IF NOT EXISTS parts (
     status TEXT NOT NULL DEFAULT 'local' CHECK (status IN ('local', 'uploading', 'stored')),
     archive_id TEXT,
     store TEXT,
+    leaves BLOB,
+    upload_id TEXT,
     PRIMARY KEY (set_id, slug, idx)
+);
+CREATE TABLE IF NOT EXISTS retrievals (
+    store TEXT NOT NULL,
+    archive_id TEXT NOT NULL,
+    job_id TEXT,
+    tier TEXT NOT NULL,
+    requested REAL NOT NULL,
+    eta_hours REAL,
+    PRIMARY KEY (store, archive_id)
 );
 CREATE INDEX IF NOT EXISTS sets_by_host ON sets (host, status, created);
 """
@@ -101,6 +112,15 @@ class Catalog:
                     f"catalog {self.path} has schema v{row[0]}, newer than this tool's v{SCHEMA_VERSION}: "
                     "upgrade gentoo-ec2-orchestrator (the catalog was left untouched)"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                self._migrate(int(row[0]))
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older catalog forward in place, inside the opening transaction."""
+        if version < 2:
+            self.conn.execute("ALTER TABLE parts ADD COLUMN leaves BLOB")
+            self.conn.execute("ALTER TABLE parts ADD COLUMN upload_id TEXT")
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def transaction(self):
@@ -196,12 +216,28 @@ class Catalog:
             )
 
     # parts ------------------------------------------------------------------------------
-    def add_part(self, *, set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash) -> None:
+    def add_part(self, *, set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash,
+                 leaves=None) -> None:
         self._write(
-            "INSERT OR REPLACE INTO parts (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash),
+            "INSERT OR REPLACE INTO parts (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash,"
+            " leaves) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash, leaves),
         )
+
+    def upload_journal(self, set_id: str, slug: str, idx: int) -> "PartUploadJournal":
+        return PartUploadJournal(self, (set_id, slug, idx))
+
+    # retrievals from cold storage ---------------------------------------------------------
+    def retrieval(self, store: str, archive_id: str) -> sqlite3.Row | None:
+        rows = self._query("SELECT * FROM retrievals WHERE store = ? AND archive_id = ?", (store, archive_id))
+        return rows[0] if rows else None
+
+    def record_retrieval(self, store: str, archive_id: str, job_id: str | None, tier: str, eta_hours) -> None:
+        self._write("INSERT OR REPLACE INTO retrievals VALUES (?, ?, ?, ?, ?, ?)",
+                    (store, archive_id, job_id, tier, time.time(), eta_hours))
+
+    def forget_retrieval(self, store: str, archive_id: str) -> None:
+        self._write("DELETE FROM retrievals WHERE store = ? AND archive_id = ?", (store, archive_id))
 
     def part_uploading(self, set_id: str, slug: str, idx: int, store: str) -> None:
         self._write(
@@ -232,6 +268,24 @@ class Catalog:
             " FROM parts WHERE set_id = ?",
             (set_id,),
         )[0]
+
+
+class PartUploadJournal:
+    """A part's multipart upload id, kept in the catalog so a rerun resumes the upload."""
+
+    def __init__(self, catalog: Catalog, key: tuple[str, str, int]):
+        self.catalog = catalog
+        self.key = key
+
+    def load(self) -> str | None:
+        return self.catalog.get_part(*self.key)["upload_id"]
+
+    def save(self, upload_id: str) -> None:
+        self.catalog._write("UPDATE parts SET upload_id = ? WHERE set_id = ? AND slug = ? AND idx = ?",
+                            (upload_id, *self.key))
+
+    def clear(self) -> None:
+        self.catalog._write("UPDATE parts SET upload_id = NULL WHERE set_id = ? AND slug = ? AND idx = ?", self.key)
 
 
 def _catalog_error(path: Path, exc: sqlite3.OperationalError) -> OrchestratorError:

@@ -46,6 +46,12 @@ def build_manifest(set_row, dirs, parts) -> bytes:
         "format": MAGIC,
         "set": {k: set_row[k] for k in set_row.keys() if k not in ("local_state", "manifest_id", "error")},
         "dirs": [{k: d[k] for k in ("slug", "path", "position", "tar_rc", "bytes_in")} for d in dirs],
-        "parts": [{k: p[k] for k in p.keys() if k not in ("set_id", "status")} for p in parts],
+        "parts": [_part_doc(p) for p in parts],
     }
     return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+def _part_doc(part) -> dict[str, Any]:
+    doc = {k: part[k] for k in part.keys() if k not in ("set_id", "status", "upload_id", "leaves")}
+    doc["leaves"] = part["leaves"].hex() if part["leaves"] else None
+    return doc

@@ -31,7 +31,7 @@ from .preflight import check_backup
 from .resume import settle_leftovers
 from .retention import prune_local, prune_snapshots
 from .stores import Store
-from .treehash import file_digests
+from .treehash import file_hashes
 
 TAR_WARNING = 1  # GNU tar: "some files differ" (changed while read): the archive is still usable
 
@@ -211,9 +211,10 @@ class BackupRun:
                                     self.compress_argv, self.encrypt_argv, self.children)
         finally:
             pool.give(buf)
-        sha256, tree_hash, size = file_digests(done.path)
+        sha256, tree_hash, size, leaves = file_hashes(done.path)
         self.catalog.add_part(set_id=plan.set_id, slug=state.slug, idx=idx, name=name, plain_size=done.plain_size,
-                              plain_sha256=done.plain_sha256, size=size, sha256=sha256, tree_hash=tree_hash)
+                              plain_sha256=done.plain_sha256, size=size, sha256=sha256, tree_hash=tree_hash,
+                              leaves=leaves)
         self._uploads.append(self._uploader.submit(self.upload_part, plan.set_id, state.slug, idx))
         with state.lock:
             state.outstanding -= 1
@@ -260,7 +261,8 @@ class BackupRun:
                                                 sha256=part["sha256"], plain_size=part["plain_size"])
         self.catalog.part_uploading(set_id, slug, idx, self.store.name)
         archive_id = self.store.put(self.layout.inflight / set_id / part["name"], description=description,
-                                    sha256=part["sha256"], tree_hash=part["tree_hash"])
+                                    sha256=part["sha256"], tree_hash=part["tree_hash"],
+                                    journal=self.catalog.upload_journal(set_id, slug, idx))
         self.catalog.part_stored(set_id, slug, idx, archive_id, self.store.name)
 
     def commit(self, plan: SetPlan) -> None:

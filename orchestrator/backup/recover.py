@@ -55,7 +55,8 @@ def insert_set(catalog: Catalog, doc: dict, manifest_id: str, store_name: str, l
         )
         conn.executemany(
             "INSERT INTO parts (set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash,"
-            " status, archive_id, store) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', ?, ?)",
+            " status, archive_id, store, leaves) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', ?, ?, ?)",
             [(s["id"], p["slug"], p["idx"], p["name"], p["plain_size"], p["plain_sha256"], p["size"], p["sha256"],
-              p["tree_hash"], p["archive_id"], store_name) for p in doc["parts"]],
+              p["tree_hash"], p["archive_id"], store_name, bytes.fromhex(p["leaves"]) if p.get("leaves") else None)
+             for p in doc["parts"]],
         )

@@ -23,6 +23,7 @@ from ..errors import OrchestratorError
 from ..progress import Progress
 from . import codec
 from .catalog import Catalog
+from .download import download_verified
 from .layout import Layout, remove_tree
 from .stores import Store
 from .treehash import file_digests
@@ -80,6 +81,7 @@ class Restorer:
         self.encryption = encryption
         self.progress = progress
         self.workers = max(1, workers)
+        self.refetched = 0
 
     def restore(self, set_row, target: Path, directories: list[str] | None = None) -> dict:
         chain = self.catalog.chain(set_row["id"])
@@ -142,13 +144,8 @@ class Restorer:
             raise OrchestratorError(f"part {part['name']} of set {set_id} was never stored")
         dest = fetch_dir / set_id / part["name"]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.store.get(part["archive_id"], dest)
-        sha256, tree_hash, _ = file_digests(dest)
-        if sha256 != part["sha256"] or tree_hash != part["tree_hash"]:
-            raise OrchestratorError(
-                f"part {part['name']} of set {set_id} is corrupted in {self.store.name}: sha256 {sha256[:16]}... "
-                f"expected {part['sha256'][:16]}...; nothing was unpacked"
-            )
+        self.refetched += download_verified(self.store, part, dest, workers=self.workers,
+                                            label=f"part {part['name']} of set {set_id}")
         return dest
 
     # unpacking ---------------------------------------------------------------------------

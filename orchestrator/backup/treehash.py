@@ -57,6 +57,12 @@ class TreeHasher:
 
 def file_digests(path: Path) -> tuple[str, str, int]:
     """(sha256, tree hash, size) of a file, reading it once."""
+    sha256, tree_hash, size, _ = file_hashes(path)
+    return sha256, tree_hash, size
+
+
+def file_hashes(path: Path) -> tuple[str, str, int, bytes]:
+    """(sha256, tree hash, size, leaf digests concatenated): the leaves verify any 1 MiB-aligned range."""
     sha = hashlib.sha256()
     tree = TreeHasher()
     size = 0
@@ -68,7 +74,8 @@ def file_digests(path: Path) -> tuple[str, str, int]:
             sha.update(chunk)
             tree.update(chunk)
             size += n
-    return sha.hexdigest(), tree.hexdigest(), size
+    leaves = tree.leaves + ([hashlib.sha256(tree._pending).digest()] if tree._pending else [])
+    return sha.hexdigest(), tree.hexdigest(), size, b"".join(leaves)
 
 
 def bytes_digests(data: bytes) -> tuple[str, str]:

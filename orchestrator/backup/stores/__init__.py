@@ -1,7 +1,7 @@
 """Backends a backup set is stored in; chosen by ``backup.store.type``."""
 
 from ...config import StoreConfig
-from .base import ArchiveInfo, Store
+from .base import RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store, UploadJournal
 from .directory import DirectoryStore
 
 
@@ -11,4 +11,4 @@ def open_store(cfg: StoreConfig) -> Store:
     raise AssertionError(f"unhandled store type {cfg.type}")
 
 
-__all__ = ["ArchiveInfo", "DirectoryStore", "Store", "open_store"]
+__all__ = ["RETRIEVAL_HOURS", "ArchiveInfo", "DirectoryStore", "Retrieval", "Store", "UploadJournal", "open_store"]

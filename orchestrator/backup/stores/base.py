@@ -12,6 +12,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 from ..treehash import bytes_digests
 
@@ -26,7 +27,37 @@ class ArchiveInfo:
     created: float
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """Where an archive stands for reading: ``ready`` now, ``pending`` after a request, or ``absent``."""
+
+    state: Literal["ready", "pending", "absent"]
+    job_id: str | None = None
+    eta_hours: float | None = None
+
+
+# Typical hours from a retrieval request to readable data, by where the data sits and the tier.
+RETRIEVAL_HOURS = {
+    ("GLACIER", "Expedited"): 0.08, ("GLACIER", "Standard"): 5, ("GLACIER", "Bulk"): 12,
+    ("DEEP_ARCHIVE", "Standard"): 12, ("DEEP_ARCHIVE", "Bulk"): 48,
+    ("vault", "Expedited"): 0.08, ("vault", "Standard"): 5, ("vault", "Bulk"): 12,
+}
+
+
+class UploadJournal(Protocol):
+    """Where a store keeps a multipart upload's id so a rerun resumes it (the catalog)."""
+
+    def load(self) -> str | None: ...
+
+    def save(self, upload_id: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class Store(ABC):
+    #: key into MIN_STORAGE_DAYS and PriceConfig (lower-cased) for retention and the cost line
+    storage_key: str = "directory"
+
     @property
     @abstractmethod
     def name(self) -> str:
@@ -37,12 +68,32 @@ class Store(ABC):
         """Create the vault/bucket area if missing; a no-op when it exists."""
 
     @abstractmethod
-    def put(self, path: Path, *, description: str, sha256: str, tree_hash: str) -> str:
-        """Store a file; the store verifies ``tree_hash`` and returns the archive id."""
+    def put(self, path: Path, *, description: str, sha256: str, tree_hash: str,
+            journal: UploadJournal | None = None) -> str:
+        """Store a file; the store verifies ``tree_hash`` and returns the archive id.
+
+        A store that uploads in parts records its upload id in ``journal`` and,
+        given one that holds an id, resumes that upload instead of starting over.
+        """
 
     @abstractmethod
+    def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
+        """Bytes ``[start, end)`` of a readable archive (``job_id``: a finished retrieval job)."""
+
     def get(self, archive_id: str, dest: Path) -> None:
-        """Write the archive's bytes to ``dest`` (the caller verifies them)."""
+        """Write the whole archive to ``dest`` (small archives: manifests, catalogs)."""
+        data = self.read_range(archive_id, 0, -1)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+    def retrieval(self, archive_id: str, job_id: str | None = None) -> Retrieval:
+        """Whether the archive can be read now; hot stores always say ready."""
+        return Retrieval("ready")
+
+    def request_retrieval(self, archive_id: str, tier: str, days: int) -> Retrieval:
+        """Ask cold storage for the archive; idempotent, returns the retrieval's state."""
+        return Retrieval("ready")
 
     @abstractmethod
     def list(self) -> list[ArchiveInfo]:

@@ -46,7 +46,7 @@ class DirectoryStore(Store):
         for leftover in (self.root / "incoming").iterdir():
             leftover.unlink(missing_ok=True)
 
-    def put(self, path: Path, *, description: str, sha256: str, tree_hash: str) -> str:
+    def put(self, path: Path, *, description: str, sha256: str, tree_hash: str, journal=None) -> str:
         archive_id = secrets.token_urlsafe(48)
         incoming = self.root / "incoming" / archive_id
         shutil.copyfile(path, incoming)
@@ -63,13 +63,21 @@ class DirectoryStore(Store):
         os.replace(sidecar, self.archives / f"{archive_id}.json")
         return archive_id
 
-    def get(self, archive_id: str, dest: Path) -> None:
-        source = self.archives / archive_id
+    def _existing(self, archive_id: str) -> Path:
         if not (self.archives / f"{archive_id}.json").exists():
             raise OrchestratorError(f"{self.name}: archive {archive_id[:16]}... is not in the store")
+        return self.archives / archive_id
+
+    def get(self, archive_id: str, dest: Path) -> None:
+        source = self._existing(archive_id)
         tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(source, tmp)
         os.replace(tmp, dest)
+
+    def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
+        with open(self._existing(archive_id), "rb") as fh:
+            fh.seek(start)
+            return fh.read() if end < 0 else fh.read(end - start)
 
     def list(self) -> list[ArchiveInfo]:
         found = []
