@@ -1,13 +1,22 @@
 """Backends a backup set is stored in; chosen by ``backup.store.type``."""
 
-from ...config import StoreConfig
+from ...config import StoreConfig, check_store
 from .base import RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store, UploadJournal
 from .directory import DirectoryStore
 
 
 def open_store(cfg: StoreConfig) -> Store:
+    check_store(cfg)
     if cfg.type == "directory":
         return DirectoryStore(cfg.path, cfg.vault)
+    if cfg.type == "s3":
+        from .s3 import S3Store
+
+        return S3Store.from_config(cfg)
+    if cfg.type == "glacier":
+        from .glacier import GlacierVaultStore
+
+        return GlacierVaultStore.from_config(cfg)
     raise AssertionError(f"unhandled store type {cfg.type}")
 
 
