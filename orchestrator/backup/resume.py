@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from . import metadata
+from .stores.base import ARCHIVE_JOURNAL_PREFIX
 from .layout import remove_tree
 from .treehash import file_digests
 
@@ -72,9 +73,18 @@ def discard_set(run: "BackupRun", row) -> None:
 
 
 def adopt_uploads(run: "BackupRun", set_id: str) -> None:
-    """A put the crash interrupted either landed (adopt it, drop duplicates) or did not."""
+    """A put the crash interrupted either landed (adopt it, drop duplicates) or did not.
+
+    A store that cannot search itself cheaply (a vault: inventories lag a day)
+    writes ``archive:<id>`` into the part's upload journal before ``put`` returns.
+    """
     for part in run.catalog.parts(set_id):
         if part["status"] != "uploading":
+            continue
+        journal = part["upload_id"] or ""
+        if journal.startswith(ARCHIVE_JOURNAL_PREFIX):
+            archive_id = journal[len(ARCHIVE_JOURNAL_PREFIX):]
+            run.catalog.part_stored(set_id, part["slug"], part["idx"], archive_id, run.store.name)
             continue
         description = metadata.part_description(host=run.cfg.hostname, set_id=set_id, slug=part["slug"],
                                                 idx=part["idx"], sha256=part["sha256"], plain_size=part["plain_size"])

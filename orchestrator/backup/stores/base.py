@@ -44,8 +44,16 @@ RETRIEVAL_HOURS = {
 }
 
 
+ARCHIVE_JOURNAL_PREFIX = "archive:"
+
+
 class UploadJournal(Protocol):
-    """Where a store keeps a multipart upload's id so a rerun resumes it (the catalog)."""
+    """Where a store keeps a multipart upload's id so a rerun resumes it (the catalog).
+
+    When an upload completes, a store that cannot find its archives cheaply
+    saves ``archive:<archive id>`` before returning, so a crash right after the
+    upload never leads to storing the part twice.
+    """
 
     def load(self) -> str | None: ...
 
