@@ -20,14 +20,20 @@ def backup(c):
         "set": "set id to restore (default: the newest complete set)",
         "target": "empty or new directory to restore into",
         "dir": "restore only this backed-up directory (repeatable), e.g. --dir /etc",
+        "wait": "poll cold storage until the data is readable, instead of exiting 75 (not ready yet)",
+        "tier": "retrieval tier for cold storage: Expedited, Standard or Bulk (default: backup.store.retrieval_tier)",
     },
 )
-def restore(c, target=None, set=None, dir=None, list=False):
-    """Restore a set and its incremental chain into a directory, verifying every part first."""
+def restore(c, target=None, set=None, dir=None, list=False, wait=False, tier=None):
+    """Restore a set and its incremental chain into a directory, verifying every part first.
+
+    Data in Glacier or DEEP_ARCHIVE is requested first: the run exits 75 with an
+    estimate until it is readable (rerun then), or polls with --wait.
+    """
     if list or not target:
         run_task(c, "restore-list", backup_jobs.list_sets, locked=False)
         return
-    run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None))
+    run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None, wait, tier))
 
 
 @task

@@ -30,11 +30,25 @@ sys.exit(execute(config, "backup", jobs.backup))
 """
 
 
-def start_backup_process(site) -> subprocess.Popen:
+def start_backup_process(site, tag: str = "") -> subprocess.Popen:
     cfg = site.root / "config.json"
     cfg.write_text(json.dumps(site.config))
     return subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT)), str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "GEO_TEST_TAG": tag})
+
+
+def processes_tagged(tag: str) -> list[int]:
+    """Live processes that inherited our tag: a child's codecs, even after reparenting."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"GEO_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def slow_big_tree(site) -> tuple[Path, Path]:
@@ -111,7 +125,8 @@ def test_kill_9_then_discard_removes_every_trace_of_the_unfinished_set(site):
 
 def test_sigterm_stops_the_backup_cleanly_and_it_resumes(site, tmp_path):
     slow_big_tree(site)
-    proc = start_backup_process(site)
+    tag = f"sigterm-{os.getpid()}-{time.monotonic_ns()}"
+    proc = start_backup_process(site, tag)
     archives = site.root / "store" / "backups" / "archives"
     while not (archives.is_dir() and list(archives.glob("*.json"))):
         time.sleep(0.05)
@@ -119,8 +134,7 @@ def test_sigterm_stops_the_backup_cleanly_and_it_resumes(site, tmp_path):
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 130, out
     assert "stopped by SIGTERM" in out
-    leftover = subprocess.run(["pgrep", "-f", "xz --compress"], capture_output=True, text=True).stdout.split()
-    assert not leftover, "no codec process outlives the run"
+    assert processes_tagged(tag) == [], "no codec process outlives the run"
     code, out = site.backup()
     assert code == 0, out
     assert summary_value(out, "kind") == "full (resumed)"

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import BackupConfig
+from ..errors import ConfigError
 from ..job import JobRun
 from .catalog import Catalog
 from .layout import Layout
 from .pipeline import BackupRun
 from .recover import rebuild_catalog
 from .preflight import check_backup
-from .restore import Restorer, describe_sets, resolve_set
+from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
 from .stores import open_store
 
 
@@ -46,14 +47,19 @@ def list_sets(run: JobRun, host: str | None = None) -> list[str]:
     return lines
 
 
-def restore(run: JobRun, target: str, set_id: str | None = None, directories: list[str] | None = None) -> None:
+def restore(run: JobRun, target: str, set_id: str | None = None, directories: list[str] | None = None,
+            wait: bool = False, tier: str | None = None) -> None:
     cfg: BackupConfig = run.section("backup")
     store = open_store(cfg.store)
+    cold = ColdPolicy(tier=tier or cfg.store.retrieval_tier, days=cfg.store.retrieval_days, wait=wait,
+                      poll_seconds=cfg.store.poll_seconds)
+    if cold.tier not in ("Expedited", "Standard", "Bulk"):
+        raise ConfigError(f"--tier: {cold.tier!r} is not one of Expedited, Standard, Bulk")
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
         row = resolve_set(catalog, cfg.hostname, set_id)
         layout = Layout(cfg.staging_dir, run.general.state_dir, row["host"])
         restorer = Restorer(catalog, store, layout, cfg.encryption, run.progress,
-                            cfg.compression.effective_workers())
+                            cfg.compression.effective_workers(), cold)
         if run.dry:
             run.echo(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
             return

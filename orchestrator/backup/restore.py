@@ -24,6 +24,7 @@ from ..progress import Progress
 from . import codec
 from .catalog import Catalog
 from .download import download_verified
+from .retrieval import forget, readable_jobs
 from .layout import Layout, remove_tree
 from .stores import Store
 from .treehash import file_digests
@@ -72,16 +73,28 @@ def describe_sets(catalog: Catalog, host: str | None) -> list[str]:
     return lines
 
 
+@dataclass
+class ColdPolicy:
+    """How to read from cold storage: the retrieval tier, days to keep restored copies, wait or not."""
+
+    tier: str = "Standard"
+    days: int = 7
+    wait: bool = False
+    poll_seconds: float = 900
+
+
 class Restorer:
     def __init__(self, catalog: Catalog, store: Store, layout: Layout, encryption: EncryptionConfig,
-                 progress: Progress, workers: int):
+                 progress: Progress, workers: int, cold: ColdPolicy | None = None):
         self.catalog = catalog
         self.store = store
         self.layout = layout
         self.encryption = encryption
         self.progress = progress
         self.workers = max(1, workers)
+        self.cold = cold or ColdPolicy()
         self.refetched = 0
+        self.jobs: dict[str, str | None] = {}
 
     def restore(self, set_row, target: Path, directories: list[str] | None = None) -> dict:
         chain = self.catalog.chain(set_row["id"])
@@ -90,17 +103,22 @@ class Restorer:
             raise OrchestratorError(f"set {set_row['id']}: chain member(s) {broken} are not complete")
         slugs = self.select_dirs(set_row["id"], directories)
         check_target(target)
+        local, remote = self.locate(chain, slugs)
+        self.jobs = readable_jobs(self.catalog, self.store, [p["archive_id"] for _, p in remote],
+                                  tier=self.cold.tier, days=self.cold.days, wait=self.cold.wait,
+                                  poll_seconds=self.cold.poll_seconds, progress=self.progress)
         work = target.parent / f".{target.name}.restore-{set_row['id']}"
         remove_tree(work)
         (work / "tree").mkdir(parents=True)
         try:
-            plan = {slug: self.fetch_verified(chain, slug, work / "parts") for slug in slugs}
+            plan = {slug: self.fetch_verified(chain, slug, work / "parts", local) for slug in slugs}
             restored = self.unpack([sources for per_set in plan.values() for sources in per_set], work / "tree")
             if target.exists():
                 target.rmdir()
             os.replace(work / "tree", target)
         finally:
             remove_tree(work)
+        forget(self.catalog, self.store, list(self.jobs))
         parts = sum(len(sources) for per_set in plan.values() for sources in per_set)
         return {"set": set_row["id"], "chain": " -> ".join(r["id"] for r in chain),
                 "directories": len(slugs), "parts": parts, "restored": human_size(restored), "target": str(target)}
@@ -117,27 +135,42 @@ class Restorer:
         return [by_name[w.rstrip("/") or "/"] for w in wanted]
 
     # fetching ---------------------------------------------------------------------------
-    def fetch_verified(self, chain, slug: str, fetch_dir: Path) -> list[list[PartSource]]:
+    def locate(self, chain, slugs: list[str]) -> tuple[dict[tuple[str, str], Path], list]:
+        """Intact staging copies by (set, part name), and the parts that must come from the store."""
+        local, remote = {}, []
+        for row in chain:
+            for slug in slugs:
+                for part in self.catalog.parts(row["id"], slug):
+                    path = self.intact_local_copy(row, part)
+                    if path is not None:
+                        local[(row["id"], part["name"])] = path
+                    elif not part["archive_id"]:
+                        raise OrchestratorError(f"part {part['name']} of set {row['id']} was never stored")
+                    else:
+                        remote.append((row, part))
+        return local, remote
+
+    def intact_local_copy(self, row, part) -> Path | None:
+        path = self.layout.complete / row["id"] / part["name"]
+        if row["local_state"] != "complete" or not path.exists():
+            return None
+        if file_digests(path)[0] == part["sha256"]:
+            return path
+        self.progress.warn(f"local copy {path} is corrupted; fetching part from {self.store.name}")
+        return None
+
+    def fetch_verified(self, chain, slug: str, fetch_dir: Path, local) -> list[list[PartSource]]:
         """Per set in the chain, the directory's parts, each at a path whose sha256 matched."""
         per_set = []
         for row in chain:
-            sources = [self.verified_part(row, part, fetch_dir) for part in self.catalog.parts(row["id"], slug)]
+            sources = []
+            for part in self.catalog.parts(row["id"], slug):
+                path = local.get((row["id"], part["name"])) or self.fetch_from_store(row["id"], part, fetch_dir)
+                sources.append(PartSource(row["id"], part["name"], path, row["codec"], bool(row["encrypted"]),
+                                          part["plain_sha256"], part["plain_size"]))
             if sources:
                 per_set.append(sources)
         return per_set
-
-    def verified_part(self, row, part, fetch_dir: Path) -> PartSource:
-        local = self.layout.complete / row["id"] / part["name"]
-        path = None
-        if row["local_state"] == "complete" and local.exists():
-            if file_digests(local)[0] == part["sha256"]:
-                path = local
-            else:
-                self.progress.warn(f"local copy {local} is corrupted; fetching part from {self.store.name}")
-        if path is None:
-            path = self.fetch_from_store(row["id"], part, fetch_dir)
-        return PartSource(row["id"], part["name"], path, row["codec"], bool(row["encrypted"]),
-                          part["plain_sha256"], part["plain_size"])
 
     def fetch_from_store(self, set_id: str, part, fetch_dir: Path) -> Path:
         if not part["archive_id"]:
@@ -145,6 +178,7 @@ class Restorer:
         dest = fetch_dir / set_id / part["name"]
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.refetched += download_verified(self.store, part, dest, workers=self.workers,
+                                            job_id=self.jobs.get(part["archive_id"]),
                                             label=f"part {part['name']} of set {set_id}")
         return dest
 
