@@ -36,6 +36,12 @@ def restore(c, target=None, set=None, dir=None, list=False, wait=False, tier=Non
     run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None, wait, tier))
 
 
+@task(help={"force": "also delete sets younger than the storage class's minimum duration (pays the early-deletion charge)"})
+def prune(c, force=False):
+    """Delete sets from the store by backup.remote_retention (count and age); `inv --dry prune` only lists."""
+    run_task(c, "prune", lambda run: backup_jobs.prune(run, force))
+
+
 @task
 def rebuild(c):
     """Rebuild the backup catalog from the store alone (every set's manifest), e.g. on a fresh machine."""
@@ -44,5 +50,5 @@ def rebuild(c):
 
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
-ns = Collection(backup, restore, catalog)
+ns = Collection(backup, restore, prune, catalog)
 ns.configure(config.defaults())

@@ -81,9 +81,10 @@ def store_matches_catalog(site) -> None:
     with site.catalog() as cat:
         parts = [p for p in cat.all_parts() if cat.get_set(p["set_id"])["status"] == "complete"]
         manifests = {r["manifest_id"] for r in cat.sets(status="complete")}
+        catalog_copy = cat.meta("catalog_copy_archive")
     stored = [a.archive_id for a in site.store().list()]
     assert len(stored) == len(set(stored))
-    assert sorted(stored) == sorted([p["archive_id"] for p in parts] + list(manifests))
+    assert sorted(stored) == sorted([p["archive_id"] for p in parts] + list(manifests) + [catalog_copy])
 
 
 def test_kill_9_mid_backup_then_resume_stores_nothing_twice(site, tmp_path):

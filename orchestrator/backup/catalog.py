@@ -145,6 +145,22 @@ class Catalog:
         with self.transaction() as conn:
             conn.execute(sql, args)
 
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def snapshot_to(self, path: Path) -> None:
+        """A consistent copy of the whole catalog (SQLite's online backup)."""
+        target = sqlite3.connect(path)
+        try:
+            with self._lock:
+                self.conn.backup(target)
+        finally:
+            target.close()
+
     # sets -------------------------------------------------------------------------------
     def new_set(self, *, set_id, host, kind, parent_id, chain_id, store, codec, encrypted, directories) -> None:
         with self.transaction() as conn:

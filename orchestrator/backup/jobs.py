@@ -10,6 +10,7 @@ from ..job import JobRun
 from .catalog import Catalog
 from .layout import Layout
 from .pipeline import BackupRun
+from .offsite import apply_remote_retention, cost_line, store_catalog_copy
 from .recover import rebuild_catalog
 from .preflight import check_backup
 from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
@@ -33,9 +34,28 @@ def backup(run: JobRun) -> None:
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
         pipeline = BackupRun(cfg, run.general, catalog, store, run.local(), run.progress)
         try:
-            run.report.summary.update(pipeline.execute())
+            summary = pipeline.execute()
+            run.report.summary.update(summary)
         finally:
             run.report.warnings.extend(pipeline.warnings)
+        store_catalog_copy(catalog, store, cfg, summary["set"])
+        deleted, warnings = apply_remote_retention(catalog, store, pipeline.layout, cfg, echo=run.progress.say)
+        run.report.warnings.extend(warnings)
+        run.report.summary["remote_sets_expired"] = ", ".join(deleted) or "none"
+        run.report.summary["cost"] = cost_line(catalog, store, cfg)
+
+
+def prune(run: JobRun, force: bool = False) -> None:
+    """Remote retention on its own: ``--dry`` lists what would go and what it would cost."""
+    cfg: BackupConfig = run.section("backup")
+    store = open_store(cfg.store)
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        layout = Layout(cfg.staging_dir, run.general.state_dir, cfg.hostname)
+        deleted, warnings = apply_remote_retention(catalog, store, layout, cfg, force=force, dry=run.dry,
+                                                   echo=run.echo)
+        run.report.warnings.extend(warnings)
+        run.report.summary["sets_expired" if not run.dry else "sets_that_would_expire"] = len(deleted)
+        run.report.summary["cost"] = cost_line(catalog, store, cfg)
 
 
 def list_sets(run: JobRun, host: str | None = None) -> list[str]:

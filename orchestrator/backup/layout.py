@@ -33,13 +33,21 @@ def part_name(slug: str, idx: int, suffix: str) -> str:
     return f"{slug}.tar.{idx:0{PART_DIGITS}d}{suffix}"
 
 
-def new_set_id(existing: set[str], now: float | None = None) -> str:
+def id_order(set_id: str) -> tuple[str, int]:
+    base, _, n = set_id.partition("-")
+    return base, int(n or 1)
+
+
+def new_set_id(last_issued: str | None, now: float | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ``, with ``-2``, ``-3``... within one second; always after ``last_issued``.
+
+    Ids are never reused, even after retention deleted the set that had one.
+    """
     base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
-    candidate, n = base, 1
-    while candidate in existing:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
+    if last_issued is None or (base, 1) > id_order(last_issued):
+        return base
+    last_base, last_n = id_order(last_issued)
+    return f"{last_base}-{last_n + 1}"
 
 
 @dataclass(frozen=True)

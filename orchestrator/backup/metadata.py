@@ -22,6 +22,10 @@ def manifest_description(*, host, set_id) -> str:
     return _encode({"t": "manifest", "h": host, "s": set_id})
 
 
+def catalog_description(*, host, set_id) -> str:
+    return _encode({"t": "catalog", "h": host, "s": set_id})
+
+
 def _encode(fields: dict[str, Any]) -> str:
     text = MAGIC + " " + json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
     if len(text) > MAX_DESCRIPTION:

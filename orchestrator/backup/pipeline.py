@@ -26,7 +26,7 @@ from . import codec, metadata
 from .catalog import Catalog
 from .chunks import BufferPool, ChildProcesses, compress_to_file, fill, widen_pipe
 from .hooks import run_hooks
-from .layout import Layout, new_set_id, part_name, remove_tree, unique_slugs
+from .layout import Layout, id_order, new_set_id, part_name, remove_tree, unique_slugs
 from .preflight import check_backup
 from .resume import settle_leftovers
 from .retention import prune_local, prune_snapshots
@@ -114,7 +114,9 @@ class BackupRun:
 
     def new_set(self) -> SetPlan:
         kind, parent_id, chain_id = self.choose_kind()
-        set_id = new_set_id({row["id"] for row in self.catalog.sets()})
+        known = [r["id"] for r in self.catalog.sets()] + [self.catalog.meta("last_set_id") or ""]
+        set_id = new_set_id(max(filter(None, known), default=None, key=id_order))
+        self.catalog.set_meta("last_set_id", set_id)
         directories = unique_slugs(self.cfg.directories)
         self.catalog.new_set(
             set_id=set_id, host=self.cfg.hostname, kind=kind, parent_id=parent_id, chain_id=chain_id or set_id,

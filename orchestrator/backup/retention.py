@@ -1,9 +1,21 @@
-"""Local retention: keep N complete sets on the staging disk (the seed's "a week")."""
+"""Retention: N complete sets on the staging disk (the seed's "a week"), and sets in the store.
+
+Remote deletion minds what cold storage bills: an archive deleted before the
+class's minimum storage duration (90 days for vaults and GLACIER, 180 for
+DEEP_ARCHIVE) is charged for the rest anyway, so such sets are refused unless
+forced, and the charge is shown either way.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
+from ..config import MIN_STORAGE_DAYS, PriceConfig
+from ..errors import OrchestratorError
 from .catalog import Catalog
 from .layout import Layout, remove_tree
+from .stores import Store
 
 
 def local_sets_to_prune(catalog: Catalog, host: str, keep: int) -> list[str]:
@@ -40,3 +52,89 @@ def prune_snapshots(catalog: Catalog, layout: Layout) -> None:
         set_id = path.name.removesuffix(".partial")
         if set_id != latest["id"] and set_id not in inflight:
             remove_tree(path)
+
+
+# remote retention ----------------------------------------------------------------------------
+DAY = 86400.0
+
+
+@dataclass
+class Expiry:
+    """A set remote retention would delete, and what deleting it now would cost."""
+
+    set_id: str
+    age_days: float
+    stored_bytes: int
+    early_days_left: float
+    early_charge: float
+
+    @property
+    def too_young(self) -> bool:
+        return self.early_days_left > 0
+
+
+def remote_sets_to_expire(catalog: Catalog, host: str, store_name: str, keep_sets: int, max_age_days: int,
+                          now: float | None = None) -> list[str]:
+    """Complete sets in ``store_name`` beyond ``keep_sets`` or older than ``max_age_days``.
+
+    The newest complete set is always kept, and a kept set keeps its whole chain.
+    """
+    now = time.time() if now is None else now
+    sets = [row for row in catalog.sets(host, "complete") if row["store"] == store_name]
+    if not sets or (keep_sets == 0 and max_age_days == 0):
+        return []
+    kept = {sets[-1]["id"]}
+    for i, row in enumerate(sets):
+        young_enough = max_age_days == 0 or now - row["created"] < max_age_days * DAY
+        within_count = keep_sets == 0 or i >= len(sets) - keep_sets
+        if young_enough and within_count:
+            kept.add(row["id"])
+    for set_id in list(kept):
+        kept |= {row["id"] for row in catalog.chain(set_id)}
+    return [row["id"] for row in sets if row["id"] not in kept]
+
+
+def price_per_gb_month(prices: PriceConfig, storage_key: str) -> float:
+    return getattr(prices, storage_key.lower())
+
+
+def expiry(catalog: Catalog, set_id: str, storage_key: str, prices: PriceConfig, now: float) -> Expiry:
+    row = catalog.get_set(set_id)
+    stored = catalog.set_totals(set_id)["stored"]
+    age = (now - row["created"]) / DAY
+    left = max(MIN_STORAGE_DAYS.get(storage_key, 0) - age, 0.0)
+    charge = stored / 1e9 * price_per_gb_month(prices, storage_key) * left / 30
+    return Expiry(set_id, age, stored, left, charge)
+
+
+def expire_remote(catalog: Catalog, store: Store, layout: Layout, plans: list[Expiry], *, force: bool) -> list[str]:
+    """Delete each set's archives, its manifest, its staging copy, then its catalog rows."""
+    young = [p for p in plans if p.too_young]
+    if young and not force:
+        total = sum(p.early_charge for p in young)
+        raise OrchestratorError(
+            f"refusing to delete {len(young)} set(s) younger than the {store.storage_key} minimum storage "
+            f"duration ({', '.join(p.set_id for p in young)}): early deletion would cost about "
+            f"${total:.2f}; wait, or rerun with --force")
+    deleted = []
+    for plan in plans:
+        for part in catalog.parts(plan.set_id):
+            if part["archive_id"]:
+                store.delete(part["archive_id"])
+        manifest = catalog.get_set(plan.set_id)["manifest_id"]
+        if manifest:
+            store.delete(manifest)
+        remove_tree(layout.complete / plan.set_id)
+        remove_tree(layout.snapshot_dir(plan.set_id))
+        with catalog.transaction() as conn:
+            conn.execute("DELETE FROM sets WHERE id = ?", (plan.set_id,))
+        deleted.append(plan.set_id)
+    return deleted
+
+
+def stored_cost(catalog: Catalog, store_name: str, storage_key: str, prices: PriceConfig) -> tuple[int, float]:
+    """(bytes stored in ``store_name`` by complete sets, USD per month)."""
+    total = catalog._query(
+        "SELECT COALESCE(SUM(p.size), 0) FROM parts p JOIN sets s ON s.id = p.set_id"
+        " WHERE s.status = 'complete' AND s.store = ?", (store_name,))[0][0]
+    return total, total / 1e9 * price_per_gb_month(prices, storage_key)

@@ -1,0 +1,70 @@
+"""After each set: a copy of the catalog in the store, remote retention, and the cost line."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import BackupConfig, human_size
+from . import metadata
+from .catalog import Catalog
+from .chunks import ChildProcesses, compress_to_file
+from .codec import encrypt_argv
+from .layout import Layout
+from .retention import expire_remote, expiry, remote_sets_to_expire, stored_cost, price_per_gb_month
+from .stores import Store
+from .treehash import file_digests
+
+CATALOG_COPY_KEY = "catalog_copy_archive"
+
+
+def store_catalog_copy(catalog: Catalog, store: Store, cfg: BackupConfig, set_id: str) -> str:
+    """Store the catalog (gpg-encrypted when recipients are set); drop the previous copy."""
+    with tempfile.TemporaryDirectory(prefix="geo-catalog-") as tmp:
+        snapshot = Path(tmp) / "catalog.sqlite"
+        catalog.snapshot_to(snapshot)
+        if cfg.encryption.enabled:
+            encrypted = Path(tmp) / "catalog.sqlite.gpg"
+            compress_to_file(memoryview(snapshot.read_bytes()), encrypted, ["cat"], encrypt_argv(cfg.encryption),
+                             ChildProcesses())
+            snapshot = encrypted
+        sha256, tree_hash, _ = file_digests(snapshot)
+        archive_id = store.put(snapshot, description=metadata.catalog_description(host=cfg.hostname, set_id=set_id),
+                               sha256=sha256, tree_hash=tree_hash)
+    previous = catalog.meta(CATALOG_COPY_KEY)
+    catalog.set_meta(CATALOG_COPY_KEY, archive_id)
+    if previous and previous != archive_id:
+        store.delete(previous)
+    return archive_id
+
+
+def apply_remote_retention(catalog: Catalog, store: Store, layout: Layout, cfg: BackupConfig, *,
+                           force: bool = False, dry: bool = False, echo=print) -> tuple[list[str], list[str]]:
+    """(deleted or would-be-deleted set ids, warnings).  Too-young sets are kept unless forced."""
+    now = time.time()
+    ids = remote_sets_to_expire(catalog, cfg.hostname, store.name, cfg.remote_retention.keep_sets,
+                                cfg.remote_retention.max_age_days, now)
+    plans = [expiry(catalog, set_id, store.storage_key, cfg.prices, now) for set_id in ids]
+    for plan in plans:
+        charge = f", early-deletion charge about ${plan.early_charge:.2f} ({plan.early_days_left:.0f} days left)" \
+            if plan.too_young else ""
+        echo(f"{'would delete' if dry else 'expiring'} set {plan.set_id}: {plan.age_days:.0f} days old, "
+             f"{human_size(plan.stored_bytes)} in {store.name}{charge}")
+    if dry:
+        return [p.set_id for p in plans], []
+    warnings = []
+    if not force:
+        young = [p for p in plans if p.too_young]
+        if young:
+            warnings.append(f"kept {len(young)} expired set(s) younger than the {store.storage_key} minimum storage "
+                            f"duration (early deletion would cost about ${sum(p.early_charge for p in young):.2f}); "
+                            "inv prune --force deletes them now")
+        plans = [p for p in plans if not p.too_young]
+    return expire_remote(catalog, store, layout, plans, force=force), warnings
+
+
+def cost_line(catalog: Catalog, store: Store, cfg: BackupConfig) -> str:
+    stored, monthly = stored_cost(catalog, store.name, store.storage_key, cfg.prices)
+    price = price_per_gb_month(cfg.prices, store.storage_key)
+    return f"{stored / 1e9:.3f} GB in {store.storage_key}, about ${monthly:.2f}/month at ${price}/GB-month"
