@@ -42,13 +42,20 @@ def prune(c, force=False):
     run_task(c, "prune", lambda run: backup_jobs.prune(run, force))
 
 
-@task
-def rebuild(c):
+@task(help={"wait": "poll cold storage until the manifests are readable, instead of exiting 75"})
+def rebuild(c, wait=False):
     """Rebuild the backup catalog from the store alone (every set's manifest), e.g. on a fresh machine."""
-    run_task(c, "catalog-rebuild", backup_jobs.rebuild)
+    run_task(c, "catalog-rebuild", lambda run: backup_jobs.rebuild(run, wait))
+
+
+@task
+def reconcile(c):
+    """Compare the store's inventory (vault job or S3 listing) with the catalog: missing, unknown, mismatched."""
+    run_task(c, "catalog-reconcile", backup_jobs.reconcile_store)
 
 
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
+catalog.add_task(reconcile)
 ns = Collection(backup, restore, prune, catalog)
 ns.configure(config.defaults())

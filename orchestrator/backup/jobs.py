@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import BackupConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, OrchestratorError
 from ..job import JobRun
 from .catalog import Catalog
 from .layout import Layout
 from .pipeline import BackupRun
 from .offsite import apply_remote_retention, cost_line, store_catalog_copy
+from .reconcile import reconcile, report_lines
 from .recover import rebuild_catalog
+from .retrieval import readable_jobs
 from .preflight import check_backup
 from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
 from .stores import open_store
@@ -43,6 +45,25 @@ def backup(run: JobRun) -> None:
         run.report.warnings.extend(warnings)
         run.report.summary["remote_sets_expired"] = ", ".join(deleted) or "none"
         run.report.summary["cost"] = cost_line(catalog, store, cfg)
+
+
+def reconcile_store(run: JobRun) -> None:
+    """Inventory (vault: a retrieval job; S3: a listing) against the catalog; exit 1 on loss."""
+    cfg: BackupConfig = run.section("backup")
+    store = open_store(cfg.store)
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        result = reconcile(catalog, store, store.list())
+    for line in report_lines(result):
+        run.echo(line)
+    run.report.summary.update({"store": store.name, "matched": result.matched, "missing": len(result.missing),
+                               "mismatched": len(result.mismatched), "not_in_catalog": len(result.unknown),
+                               "newer_than_inventory": result.too_new, "foreign": result.foreign})
+    if result.unknown:
+        run.report.warnings.append(f"{len(result.unknown)} archive(s) of ours are not in the catalog "
+                                   "(inv catalog.rebuild adopts complete sets)")
+    if not result.healthy:
+        raise OrchestratorError(f"{store.name} lost {len(result.missing)} and altered {len(result.mismatched)} "
+                                "archive(s) the catalog expects")
 
 
 def prune(run: JobRun, force: bool = False) -> None:
@@ -86,7 +107,7 @@ def restore(run: JobRun, target: str, set_id: str | None = None, directories: li
         run.report.summary.update(restorer.restore(row, Path(target).absolute(), directories))
 
 
-def rebuild(run: JobRun) -> None:
+def rebuild(run: JobRun, wait: bool = False) -> None:
     """Recreate catalog entries from the store's manifests (a fresh machine, a lost state dir)."""
     cfg: BackupConfig = run.section("backup")
     store = open_store(cfg.store)
@@ -94,7 +115,12 @@ def rebuild(run: JobRun) -> None:
         run.echo(f"[dry-run] would read every manifest in {store.name} into {catalog_path(run)}")
         return
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
-        added = rebuild_catalog(catalog, store, lambda host: Layout(cfg.staging_dir, run.general.state_dir, host))
+        def readable(ids):
+            return readable_jobs(catalog, store, ids, tier=cfg.store.retrieval_tier, days=cfg.store.retrieval_days,
+                                 wait=wait, poll_seconds=cfg.store.poll_seconds, progress=run.progress)
+
+        added = rebuild_catalog(catalog, store, lambda host: Layout(cfg.staging_dir, run.general.state_dir, host),
+                                readable)
     for set_id in added:
         run.echo(f"recovered set {set_id}")
     run.report.summary.update({"recovered_sets": len(added), "store": store.name})

@@ -11,26 +11,29 @@ from .layout import Layout
 from .stores import Store
 
 
-def rebuild_catalog(catalog: Catalog, store: Store, layout_for) -> list[str]:
+def rebuild_catalog(catalog: Catalog, store: Store, layout_for, readable=None) -> list[str]:
     """Insert every set whose manifest is in ``store`` and not yet in ``catalog``; returns their ids.
 
     ``layout_for(host)`` gives the staging layout, so a set whose local copy is
-    still on the staging disk is recorded as such.
+    still on the staging disk is recorded as such.  ``readable(ids)`` returns a
+    job id per archive once cold storage made them readable (or raises NotReadyError).
     """
-    manifests = []
+    wanted = []
     for archive in store.list():
         fields = metadata.parse_description(archive.description)
         if fields and fields.get("t") == "manifest" and catalog.get_set(fields["s"]) is None:
-            manifests.append((archive.archive_id, _load(store, archive.archive_id)))
+            wanted.append(archive.archive_id)
+    jobs = readable(wanted) if readable else {}
+    manifests = [(archive_id, _load(store, archive_id, jobs.get(archive_id))) for archive_id in wanted]
     manifests.sort(key=lambda item: (item[1]["set"]["created"], item[1]["set"]["id"]))
     for manifest_id, doc in manifests:
         insert_set(catalog, doc, manifest_id, store.name, layout_for(doc["set"]["host"]))
     return [doc["set"]["id"] for _, doc in manifests]
 
 
-def _load(store: Store, archive_id: str) -> dict:
+def _load(store: Store, archive_id: str, job_id: str | None) -> dict:
     try:
-        doc = json.loads(store.get_bytes(archive_id))
+        doc = json.loads(store.read_range(archive_id, 0, -1, job_id))
     except ValueError:
         raise OrchestratorError(f"{store.name}: manifest {archive_id[:16]}... is not valid JSON") from None
     if doc.get("format") != metadata.MAGIC:
