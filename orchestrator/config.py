@@ -213,7 +213,8 @@ def check_store(store: StoreConfig) -> None:
         raise ConfigError("backup.store.bucket: required when backup.store.type is s3")
     if store.type == "glacier" and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", store.vault):
         raise ConfigError(f"backup.store.vault: {store.vault!r} is not a valid Glacier vault name")
-    if store.part_size and (store.part_size % MIB or (store.part_size // MIB) & (store.part_size // MIB - 1)):
+    if store.part_size and (store.part_size % MIB or (store.part_size // MIB) & (store.part_size // MIB - 1)
+                            or store.part_size > 4096 * MIB):
         raise ConfigError(f"backup.store.part_size: {store.part_size} is not a power of two MiB (1M .. 4G)")
 
 

@@ -64,8 +64,7 @@ def discard_set(run: "BackupRun", row) -> None:
     set_id = row["id"]
     adopt_uploads(run, set_id)
     for part in run.catalog.parts(set_id):
-        if part["archive_id"]:
-            run.store.delete(part["archive_id"])
+        drop_stored(run, part)
     remove_tree(run.layout.inflight / set_id)
     remove_tree(run.layout.snapshot_dir(set_id, partial=True))
     run.catalog.set_status(set_id, "discarded", row["error"])
@@ -109,13 +108,20 @@ def prepare_resume(run: "BackupRun", row) -> "SetPlan":
         if d["status"] == "done" and all(part_usable(set_dir, p) for p in parts):
             continue
         for part in parts:
-            if part["archive_id"]:
-                run.store.delete(part["archive_id"])
+            drop_stored(run, part)
             (set_dir / part["name"]).unlink(missing_ok=True)
         run.catalog.dir_reset(set_id, d["slug"])
     run.progress.say(f"resuming set {set_id}")
     return SetPlan(set_id, row["kind"], row["parent_id"], row["chain_id"],
                    [(d["slug"], d["path"]) for d in run.catalog.dirs(set_id)])
+
+
+def drop_stored(run: "BackupRun", part) -> None:
+    """Delete a part's archive, or abort the multipart upload it never finished."""
+    if part["archive_id"]:
+        run.store.delete(part["archive_id"])
+    elif part["upload_id"]:
+        run.store.abandon_upload(part["upload_id"])
 
 
 def part_usable(set_dir, part) -> bool:

@@ -95,6 +95,9 @@ class Store(ABC):
         tmp.write_bytes(data)
         os.replace(tmp, dest)
 
+    def abandon_upload(self, journal_value: str) -> None:
+        """Drop an unfinished upload a discarded part left behind (a vault multipart upload)."""
+
     def retrieval(self, archive_id: str, job_id: str | None = None) -> Retrieval:
         """Whether the archive can be read now; hot stores always say ready."""
         return Retrieval("ready")

@@ -323,6 +323,10 @@ class GlacierVaultStore(Store):
             os.close(fd)
         return hashes  # type: ignore[return-value]
 
+    def abandon_upload(self, journal_value: str) -> None:
+        if journal_value and not journal_value.startswith(ARCHIVE_JOURNAL_PREFIX):
+            self._abort_quietly(journal_value)
+
     def _abort_quietly(self, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(accountId="-", vaultName=self.vault, uploadId=upload_id)
