@@ -209,6 +209,10 @@ def load_section(name: str, raw: Any) -> Any:
 
 def check_store(store: StoreConfig) -> None:
     """Settings that only make sense together."""
+    if store.type == "s3" and store.part_size and store.part_size < 5 * MIB:
+        raise ConfigError(f"backup.store.part_size: S3 parts are at least 5M, got {store.part_size}")
+    if store.type == "s3" and store.storage_class == "DEEP_ARCHIVE" and store.retrieval_tier == "Expedited":
+        raise ConfigError("backup.store.retrieval_tier: DEEP_ARCHIVE has no Expedited retrievals (Standard or Bulk)")
     if store.type == "s3" and not store.bucket:
         raise ConfigError("backup.store.bucket: required when backup.store.type is s3")
     if store.type == "glacier" and not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", store.vault):

@@ -117,3 +117,20 @@ def test_example_site_config_is_valid():
     cfg = load_section("backup", raw["backup"])
     assert cfg.directories == ["/root", "/sbin", "/usr", "/var", "/opt", "/lib32", "/lib64", "/etc", "/bin", "/boot"]
     assert cfg.keep_local_sets == 7
+
+
+@pytest.mark.parametrize("store, message", [
+    ({"type": "s3"}, "backup.store.bucket: required when backup.store.type is s3"),
+    ({"type": "s3", "bucket": "b", "part_size": "1M"}, "backup.store.part_size: S3 parts are at least 5M"),
+    ({"type": "s3", "bucket": "b", "retrieval_tier": "Expedited"},
+     "backup.store.retrieval_tier: DEEP_ARCHIVE has no Expedited retrievals"),
+    ({"type": "glacier", "vault": "bad vault!"}, "backup.store.vault: 'bad vault!' is not a valid Glacier vault name"),
+    ({"type": "glacier", "part_size": "3M"}, "backup.store.part_size: 3145728 is not a power of two MiB"),
+    ({"type": "glacier", "part_size": "8G"}, "backup.store.part_size: 8589934592 is not a power of two MiB"),
+])
+def test_store_settings_that_only_work_together(store, message):
+    from orchestrator.backup.stores import open_store
+
+    with pytest.raises(ConfigError) as err:
+        open_store(load_section("backup", {"store": store}).store)
+    assert str(err.value).startswith(message)

@@ -22,7 +22,8 @@ def client(service: str, cfg: StoreConfig):
         raise ConfigError(f"backup.store.profile: AWS profile {cfg.profile!r} not found") from None
     config = Config(retries={"mode": "standard", "max_attempts": cfg.max_attempts},
                     region_name=cfg.region or session.region_name or "us-east-1",
-                    max_pool_connections=max(10, cfg.upload_workers * 2))
+                    max_pool_connections=max(10, cfg.upload_workers * 2),
+                    s3={"addressing_style": "path"} if cfg.endpoint_url else None)
     return session.client(service, endpoint_url=cfg.endpoint_url or None, config=config)
 
 
@@ -33,12 +34,19 @@ def scrub(text: str) -> str:
 
 def aws_error(exc: Exception, what: str) -> OrchestratorError:
     """One line saying what failed and why, naming the setting to fix where there is one."""
+    error = _aws_error(exc, what)
+    error.args = (" ".join(scrub(str(error)).split()),)
+    return error
+
+
+def _aws_error(exc: Exception, what: str) -> OrchestratorError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return ConfigError(f"{what}: no AWS credentials found (environment, profile or instance role)")
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "Error")
         message = error.get("Message") or ""
+        code = {"404": "NotFound", "403": "AccessDenied", "301": "PermanentRedirect"}.get(code, code)
         if code in ("NoSuchBucket",):
             return ConfigError(f"backup.store.bucket: {what}: bucket does not exist")
         if code in ("ResourceNotFoundException",) and "vault" in message.lower():
