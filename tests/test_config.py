@@ -42,7 +42,8 @@ def test_sizes_and_defaults():
     assert isinstance(cfg, BackupConfig)
     assert cfg.directories == ["/etc"] and cfg.keep_local_sets == 7
     assert cfg.compression.level == 9 and cfg.compression.extreme, "the seed's xz -9 -e"
-    assert cfg.compression.effective_workers() == (os.cpu_count() or 1) + 1, "the seed's CPUS+1"
+    assert cfg.compression.effective_workers() == (os.cpu_count() or 1), "one codec per core"
+    assert cfg.chunk_size == 16 * 1024**2
     assert load_section("backup", defaults()["backup"]) == cfg, "registered defaults validate to the same"
 
 
