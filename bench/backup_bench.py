@@ -522,6 +522,7 @@ def child_main(spec_path: str) -> int:
     trace.wrap(pipeline.BackupRun, "archive_all", "archive_all")
     trace.wrap(pipeline.BackupRun, "upload_part", "upload")
     trace.wrap(pipeline.BackupRun, "commit", "commit")
+    trace.wrap(restore.Restorer, "locate", "verify")  # checks local copies' sha256 (newer code)
     trace.wrap(restore.Restorer, "fetch_verified", "verify")
     trace.wrap(restore.Restorer, "decode_one", "decode", lambda self, source: source.plain_size)
     trace.wrap(restore.Restorer, "unpack", "unpack")
@@ -770,8 +771,10 @@ def parse_args(argv=None):
     p.add_argument("--level", type=int, help="xz preset; default 9 (6 with --quick)")
     p.add_argument("--extreme", action=argparse.BooleanOptionalAction, default=None,
                    help="xz -e; default on (off with --quick)")
-    p.add_argument("--chunk-mb", type=float, help="chunk size for both (default 32, the config default; 4 with --quick)")
-    p.add_argument("--workers", type=int, default=0, help="our compress workers (default 0: cores+1, like the seed)")
+    p.add_argument("--chunk-mb", type=float,
+                   help="chunk size for both (default: the config's backup.chunk_size; 4 with --quick)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="our compress workers (default 0: the config's default; the seed always runs cores+1)")
     p.add_argument("--queue-depth", type=int, default=1, help="our extra buffers (config backup.queue_depth)")
     p.add_argument("--sample-mb", type=float,
                    help="tar-stream sample for the codec rate (default 64, 12 with --quick; >= the stream: all of it)")
@@ -789,7 +792,12 @@ def parse_args(argv=None):
     a.size_mb = a.size_mb or (30 if a.quick else 300)
     a.level = a.level if a.level is not None else (6 if a.quick else 9)
     a.extreme = a.extreme if a.extreme is not None else not a.quick
-    a.chunk_mb = a.chunk_mb or (4 if a.quick else 32)
+    if not a.chunk_mb and not a.quick:
+        sys.path.insert(0, str(REPO))
+        from orchestrator.config import BackupConfig
+
+        a.chunk_mb = BackupConfig().chunk_size / MiB
+    a.chunk_mb = a.chunk_mb or 4
     a.sample_mb = a.sample_mb or (12 if a.quick else 64)
     a.chunk_size = int(a.chunk_mb * MiB)
     return a
