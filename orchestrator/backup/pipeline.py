@@ -26,7 +26,7 @@ from . import codec, metadata
 from .catalog import Catalog
 from .chunks import BufferPool, ChildProcesses, compress_to_file, fill, widen_pipe
 from .hooks import run_hooks
-from .layout import Layout, id_order, new_set_id, part_name, remove_tree, unique_slugs
+from .layout import Layout, id_order, new_set_id, part_name, unique_slugs
 from .preflight import check_backup
 from .resume import settle_leftovers
 from .retention import prune_local, prune_snapshots

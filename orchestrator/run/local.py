@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 
-from collections.abc import Mapping
 
 from ..errors import CommandError
 from .base import Result, Target
