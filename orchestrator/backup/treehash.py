@@ -27,29 +27,35 @@ def combine(leaves: list[bytes]) -> bytes:
 
 
 class TreeHasher:
-    """Incremental tree hash over a byte stream of any length."""
+    """Incremental tree hash over a byte stream of any length.
+
+    The current leaf is an incremental sha256 fed with slices, so unaligned
+    updates copy nothing: throughput stays that of plain sha256.
+    """
 
     def __init__(self) -> None:
         self.leaves: list[bytes] = []
-        self._pending = bytearray()
+        self._leaf = hashlib.sha256()
+        self._leaf_len = 0
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if self._pending:
-            take = min(MIB - len(self._pending), len(view))
-            self._pending += view[:take]
+        while view:
+            take = min(MIB - self._leaf_len, len(view))
+            self._leaf.update(view[:take])
+            self._leaf_len += take
             view = view[take:]
-            if len(self._pending) == MIB:
-                self.leaves.append(hashlib.sha256(self._pending).digest())
-                self._pending.clear()
-        full = len(view) - len(view) % MIB
-        for offset in range(0, full, MIB):
-            self.leaves.append(hashlib.sha256(view[offset : offset + MIB]).digest())
-        self._pending += view[full:]
+            if self._leaf_len == MIB:
+                self.leaves.append(self._leaf.digest())
+                self._leaf = hashlib.sha256()
+                self._leaf_len = 0
+
+    def all_leaves(self) -> list[bytes]:
+        """Every leaf digest, the unfinished last one included."""
+        return self.leaves + ([self._leaf.digest()] if self._leaf_len else [])
 
     def digest(self) -> bytes:
-        leaves = self.leaves + ([hashlib.sha256(self._pending).digest()] if self._pending else [])
-        return combine(leaves)
+        return combine(self.all_leaves())
 
     def hexdigest(self) -> str:
         return self.digest().hex()
@@ -74,8 +80,8 @@ def file_hashes(path: Path) -> tuple[str, str, int, bytes]:
             sha.update(chunk)
             tree.update(chunk)
             size += n
-    leaves = tree.leaves + ([hashlib.sha256(tree._pending).digest()] if tree._pending else [])
-    return sha.hexdigest(), tree.hexdigest(), size, b"".join(leaves)
+    leaves = tree.all_leaves()
+    return sha.hexdigest(), combine(leaves).hex(), size, b"".join(leaves)
 
 
 def bytes_digests(data: bytes) -> tuple[str, str]:
