@@ -1,4 +1,4 @@
-"""Job bodies for ``inv backup`` and ``inv restore``: wiring config, catalog and store together."""
+"""Job bodies for the backup tasks (backup, restore, prune, catalog.*): config, catalog and store wired together."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from ..errors import ConfigError, OrchestratorError
 from ..job import JobRun
 from .catalog import Catalog
 from .layout import Layout
-from .pipeline import BackupRun
 from .offsite import apply_remote_retention, cost_line, store_catalog_copy
+from .pipeline import BackupRun
+from .preflight import check_backup
 from .reconcile import reconcile, report_lines
 from .recover import rebuild_catalog
-from .retrieval import readable_jobs
-from .preflight import check_backup
 from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
+from .retrieval import readable_jobs
 from .stores import open_store
 
 
