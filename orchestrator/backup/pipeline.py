@@ -42,6 +42,7 @@ def tar_create_argv(path: str, snapshot: Path, cfg: BackupConfig) -> list[str]:
     argv = [
         "tar", "--create", "--file=-", "--format=posix", "--directory=/",
         "--acls", "--xattrs", "--xattrs-include=*", "--sparse",
+        "--pax-option=delete=atime,delete=ctime",  # reading changes atime: keep headers to what restores
         f"--listed-incremental={snapshot}",
     ]
     if cfg.one_file_system:
