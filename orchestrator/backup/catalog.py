@@ -278,6 +278,12 @@ class Catalog:
     def all_parts(self) -> list[sqlite3.Row]:
         return self._query("SELECT * FROM parts ORDER BY set_id, slug, idx")
 
+    def stored_bytes(self, store: str) -> int:
+        """Bytes that complete sets keep in ``store``."""
+        return self._query(
+            "SELECT COALESCE(SUM(p.size), 0) FROM parts p JOIN sets s ON s.id = p.set_id"
+            " WHERE s.status = 'complete' AND s.store = ?", (store,))[0][0]
+
     def set_totals(self, set_id: str) -> sqlite3.Row:
         return self._query(
             "SELECT COUNT(*) AS parts, COALESCE(SUM(plain_size), 0) AS plain, COALESCE(SUM(size), 0) AS stored"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from ..config import BackupConfig, human_size
+from ..errors import OrchestratorError
 from . import metadata
 from .catalog import Catalog
-from .chunks import ChildProcesses, compress_to_file
 from .codec import encrypt_argv
 from .layout import Layout
 from .retention import expire_remote, expiry, remote_sets_to_expire, stored_cost, price_per_gb_month
@@ -26,8 +27,11 @@ def store_catalog_copy(catalog: Catalog, store: Store, cfg: BackupConfig, set_id
         catalog.snapshot_to(snapshot)
         if cfg.encryption.enabled:
             encrypted = Path(tmp) / "catalog.sqlite.gpg"
-            compress_to_file(memoryview(snapshot.read_bytes()), encrypted, ["cat"], encrypt_argv(cfg.encryption),
-                             ChildProcesses())
+            done = subprocess.run(encrypt_argv(cfg.encryption) + ["--output", str(encrypted), str(snapshot)],
+                                  capture_output=True)
+            if done.returncode:
+                reason = done.stderr.decode(errors="replace").strip().splitlines()
+                raise OrchestratorError("encrypting the catalog copy failed" + (f": {reason[-1]}" if reason else ""))
             snapshot = encrypted
         sha256, tree_hash, _ = file_digests(snapshot)
         archive_id = store.put(snapshot, description=metadata.catalog_description(host=cfg.hostname, set_id=set_id),

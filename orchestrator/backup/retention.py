@@ -134,7 +134,5 @@ def expire_remote(catalog: Catalog, store: Store, layout: Layout, plans: list[Ex
 
 def stored_cost(catalog: Catalog, store_name: str, storage_key: str, prices: PriceConfig) -> tuple[int, float]:
     """(bytes stored in ``store_name`` by complete sets, USD per month)."""
-    total = catalog._query(
-        "SELECT COALESCE(SUM(p.size), 0) FROM parts p JOIN sets s ON s.id = p.set_id"
-        " WHERE s.status = 'complete' AND s.store = ?", (store_name,))[0][0]
+    total = catalog.stored_bytes(store_name)
     return total, total / 1e9 * price_per_gb_month(prices, storage_key)

@@ -163,28 +163,26 @@ class GlacierVaultStore(Store):
     # AWS calls ------------------------------------------------------------------------------
     def _aws(self, what: str, method: str, *, missing_ok: bool = False, **params):
         """One vault API call; AWS errors become one line. ``missing_ok``: None when the thing is not found."""
-        try:
-            return getattr(self.client, method)(accountId="-", vaultName=self.vault, **params)
-        except botocore.exceptions.ClientError as exc:
-            if missing_ok and exc.response.get("Error", {}).get("Code") in NOT_FOUND:
-                return None
-            raise aws_error(exc, f"{self.name}: {what}") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise aws_error(exc, f"{self.name}: {what}") from None
+        call = getattr(self.client, method)
+        return self._translated(what, missing_ok, lambda: call(accountId="-", vaultName=self.vault, **params))
 
     def _pages(self, what: str, method: str, key: str, *, missing_ok: bool = False, **params) -> list[dict] | None:
         """Every item of a paginated listing (``Marker`` pagination)."""
-        items = []
+        def collect() -> list[dict]:
+            pages = self.client.get_paginator(method).paginate(accountId="-", vaultName=self.vault, **params)
+            return [item for page in pages for item in (page.get(key) or [])]
+
+        return self._translated(what, missing_ok, collect)
+
+    def _translated(self, what: str, missing_ok: bool, call):
         try:
-            for page in self.client.get_paginator(method).paginate(accountId="-", vaultName=self.vault, **params):
-                items.extend(page.get(key) or [])
+            return call()
         except botocore.exceptions.ClientError as exc:
             if missing_ok and exc.response.get("Error", {}).get("Code") in NOT_FOUND:
                 return None
             raise aws_error(exc, f"{self.name}: {what}") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise aws_error(exc, f"{self.name}: {what}") from None
-        return items
 
     # vault ---------------------------------------------------------------------------------
     def ensure(self) -> None:
