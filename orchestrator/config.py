@@ -166,9 +166,83 @@ class BackupConfig:
         return self.host or socket.gethostname()
 
 
+@dataclass(frozen=True)
+class SigningConfig:
+    """Key ``binhost.signing``: gpkg signatures (Portage's FEATURES=binpkg-signing).
+
+    ``key`` empty: binary packages are not signed and clients get
+    ``verify-signature = false``. Otherwise the key (id or fingerprint) must be
+    in ``gpg_home``, a path inside the build system, without a passphrase or
+    with a running agent; clients then verify (``verify-signature = true``) and
+    get the public key in their Portage trust store.
+    """
+
+    key: str = ""
+    gpg_home: str = "/etc/portage/gnupg-signing"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Key ``binhost.serve``: how instances reach the tree (rsync) and PKGDIR (HTTP)."""
+
+    public_host: str = ""  # the name instances use for the build box; "" = this host's name
+    listen_address: str = "0.0.0.0"  # for `inv binhost.serve` and the rendered rsyncd.conf
+    rsync_port: int = 873
+    http_port: int = 80
+    url_path: str = "/binpkgs"  # where PKGDIR appears on the web server
+    hosts_allow: list[str] = field(default_factory=list)  # rsyncd "hosts allow"; [] = anyone
+    web_user: str = ""  # owner given to PKGDIR (the seed's chown); "" = leave ownership alone
+    web_group: str = ""
+
+    def host(self) -> str:
+        return self.public_host or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """One entry of ``binhost.clients``: an instance (image) that installs our binaries."""
+
+    name: str
+    host: str
+    user: str = "root"
+    port: int = 22
+    key_filename: Path | None = None
+    known_hosts: Path | None = None  # None: accept any host key (fresh EC2 instances)
+    connect_timeout: int = 15
+    mode: Literal["direct", "tunnel", "tarball"] = "direct"
+    eprefix: str = ""  # a Gentoo Prefix on the instance; "" = the instance's own /
+    legacy_make_conf: bool = False  # also PORTAGE_BINHOST / SYNC in make.conf, for old Portage
+    tunnel_rsync_port: int = 873  # ports opened on the instance's loopback by `ssh -R`
+    tunnel_http_port: int = 80
+    staging_dir: str = "/var/tmp/gentoo-ec2-orchestrator"  # tarball mode: unpacked here
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for emerge there
+    timeout: int = 7200  # seconds for one emerge on the instance
+
+
+@dataclass(frozen=True)
+class BinhostConfig:
+    """Key ``binhost``: the build system that compiles once for every instance."""
+
+    mode: Literal["chroot", "prefix"] = "chroot"
+    root: Path = Path("/srv/gentoo-binhost")  # the chroot (an unpacked stage3), or the EPREFIX
+    repos: list[str] = field(default_factory=list)  # repositories to publish; [] = every one
+    emerge_options: list[str] = field(default_factory=lambda: ["--keep-going=y"])
+    quickpkg_jobs: int = 0  # 0: one per core
+    output_dir: Path | None = None  # rendered configs; default <state_dir>/binhost
+    timeout: int = 6 * 3600  # seconds for one stage's command
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    clients: list[ClientConfig] = field(default_factory=list)
+
+
 SECTIONS: dict[str, type] = {
     "orchestrator": GeneralConfig,
     "backup": BackupConfig,
+    "binhost": BinhostConfig,
 }
 
 
@@ -198,6 +272,8 @@ def _dump(obj: Any) -> Any:
         return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list):
         return [_dump(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _dump(v) for k, v in obj.items()}
     if isinstance(obj, bool):
         return "true" if obj else "false"
     if isinstance(obj, (Path, int, float)):
@@ -268,6 +344,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             allowed = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{key}: {value!r} is not one of {allowed}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(args[0], k, f"{key}"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")

@@ -1,0 +1,1 @@
+"""``inv binhost``: compile once in a build chroot, serve the binaries, point instances at them."""
