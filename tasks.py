@@ -4,6 +4,7 @@ from invoke import Collection, task
 
 from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
+from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.job import run_task
 
 
@@ -54,8 +55,31 @@ def reconcile(c):
     run_task(c, "catalog-reconcile", backup_jobs.reconcile_store)
 
 
+@task(name="all", default=True, iterable=["skip"],
+      help={"skip": "leave out a stage (repeatable): sync, world, package, index, publish, owner"})
+def binhost_all(c, skip=None):
+    """Build and publish binaries in the build chroot: sync, world, package, index, publish, owner."""
+    stages = [stage for stage in binhost_jobs.STAGES if stage not in (skip or [])]
+    unknown = sorted(set(skip or []) - set(binhost_jobs.STAGES))
+    run_task(c, "binhost", lambda run: binhost_jobs.build(run, stages, unknown_skips=unknown))
+
+
+def _stage_task(stage: str, doc: str):
+    @task(name=stage)
+    def stage_task(c):
+        run_task(c, f"binhost-{stage}", lambda run: binhost_jobs.build(run, [stage]))
+
+    stage_task.__doc__ = doc
+    return stage_task
+
+
+binhost = Collection("binhost")
+binhost.add_task(binhost_all)
+for _stage, _doc in binhost_jobs.STAGE_DOCS.items():
+    binhost.add_task(_stage_task(_stage, _doc))
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, prune, catalog)
+ns = Collection(backup, restore, prune, catalog, binhost)
 ns.configure(config.defaults())

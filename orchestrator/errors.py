@@ -33,6 +33,7 @@ class CommandError(OrchestratorError):
         self.argv = list(argv)
         self.returncode = returncode
         self.output = output
+        self.where = where
         tail = " | ".join(line for line in output.strip().splitlines()[-3:] if line.strip())
         super().__init__(
             f"{where}: {self.argv[0]} exited {returncode}" + (f": {tail}" if tail else "")

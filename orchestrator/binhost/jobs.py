@@ -1,0 +1,49 @@
+"""Job bodies for the ``binhost`` tasks: config, build system and stages wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import BinhostConfig
+from ..errors import ConfigError
+from ..job import JobRun
+from .session import build_system, output_dir
+from .stages import RUNNERS, STAGE_DOCS, STAGES, StageContext
+from .tree import FingerprintStore
+
+
+def check_binhost(cfg: BinhostConfig) -> None:
+    """Settings that only make sense together; one line naming the key."""
+    for key, port in (("serve.rsync_port", cfg.serve.rsync_port), ("serve.http_port", cfg.serve.http_port)):
+        if not 0 < port < 65536:
+            raise ConfigError(f"binhost.{key}: {port} is not a TCP port (1-65535)")
+    names = [client.name for client in cfg.clients]
+    for i, client in enumerate(cfg.clients):
+        if names.count(client.name) > 1:
+            raise ConfigError(f"binhost.clients[{i}].name: {client.name!r} is used twice")
+    if not cfg.serve.url_path.startswith("/"):
+        raise ConfigError(f"binhost.serve.url_path: must start with /, got {cfg.serve.url_path!r}")
+
+
+def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[str] = ()) -> None:
+    """Run ``stages`` in order in one build-system session; each reports what it did or why not."""
+    if unknown_skips:
+        raise ConfigError(f"--skip: no stage {unknown_skips[0]!r} (stages: {', '.join(STAGES)})")
+    cfg: BinhostConfig = run.section("binhost")
+    check_binhost(cfg)
+    out = output_dir(run, cfg)
+    with build_system(run, cfg) as system:
+        facts = system.facts()
+        system.save_facts(facts)
+        ctx = StageContext(system, facts, FingerprintStore(out / "fingerprints.json"))
+        try:
+            for name in stages:
+                run.progress.say(f"{name}: ...")
+                message = RUNNERS[name](ctx)
+                run.progress.say(f"{name}: {message}")
+                run.report.summary[name] = message
+        finally:
+            run.report.warnings.extend(ctx.warnings)
+
+
+__all__ = ["STAGES", "STAGE_DOCS", "build", "check_binhost"]

@@ -1,0 +1,201 @@
+"""The stages of ``inv binhost``, in order. Each looks first and says so when there is nothing to do.
+
+sync     emerge --sync; reports which trees changed
+world    emerge -uDN --buildpkg @world; reports what was built
+package  quickpkg --include-config=y only packages whose binary package is missing or stale
+index    emaint binhost --fix, only when Packages does not match PKGDIR
+publish  egencache --write-timestamp, only for trees changed since they were last published
+owner    chown PKGDIR for the web server user, only what differs
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError, OrchestratorError
+from .facts import BinhostFacts, RepoFacts
+from .session import BuildSystem
+from .tree import FingerprintStore, index_state, tree_fingerprint, unreadable_by_others, wrong_owner
+
+STAGES = ("sync", "world", "package", "index", "publish", "owner")
+EMERGING = re.compile(r"^>>> Emerging \(\d+ of \d+\) (\S+?)(?:::\S+)?\s*$")
+
+
+@dataclass
+class StageContext:
+    system: BuildSystem
+    facts: BinhostFacts
+    fingerprints: FingerprintStore
+    outcomes: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def refresh_facts(self) -> None:
+        self.facts = self.system.facts()
+        self.system.save_facts(self.facts)
+
+    @property
+    def dry(self) -> bool:
+        return self.system.target.dry
+
+    def published(self) -> list[RepoFacts]:
+        names = self.system.cfg.repos
+        return [self.facts.repo(name) for name in names] if names else list(self.facts.repos)
+
+
+def sync(ctx: StageContext) -> str:
+    before = {repo.name: _fingerprint(repo) for repo in ctx.facts.repos}
+    ctx.system.script("binhost-sync", stream=True)
+    if ctx.dry:
+        return "would sync every repository with a sync-uri"
+    ctx.refresh_facts()  # a first sync creates trees Portage did not list before
+    changed = [repo.name for repo in ctx.facts.repos if _fingerprint(repo) != before.get(repo.name)]
+    return f"updated {', '.join(changed)}" if changed else "nothing new: every tree is as it was"
+
+
+def world(ctx: StageContext) -> str:
+    ctx.system.script("binhost-world", *ctx.system.cfg.emerge_options, stream=True)
+    if ctx.dry:
+        return "would update @world with --buildpkg"
+    built = [m.group(1) for line in ctx.system.notable if (m := EMERGING.match(line))]
+    if not built:
+        return "nothing to do: @world is up to date"
+    return f"built {len(built)}: {_short_list(built)}"
+
+
+def package(ctx: StageContext) -> str:
+    signed = ["--signed"] if ctx.system.cfg.signing.enabled else []
+    found = ctx.system.probe_json("binhost-stale", "--json", *signed)
+    stale = found["stale"]
+    if not stale:
+        return f"nothing to do: all {found['installed']} installed packages have a current binary package"
+    atoms = [entry["atom"] for entry in stale]
+    ctx.system.script("binhost-package", *atoms, stream=True)
+    if ctx.dry:
+        return f"would quickpkg {len(atoms)} of {found['installed']}: {_short_list(atoms)}"
+    still = ctx.system.probe_json("binhost-stale", "--json", *signed)["stale"]
+    if still:
+        raise OrchestratorError(f"quickpkg left {len(still)} package(s) without a current binary package: "
+                                f"{_short_list([e['atom'] for e in still])}")
+    reasons = sorted({entry["why"] for entry in stale})
+    return f"packaged {len(atoms)} of {found['installed']} ({', '.join(reasons)}): {_short_list(atoms)}"
+
+
+def index(ctx: StageContext) -> str:
+    pkgdir = ctx.facts.pkgdir_host
+    state = index_state(pkgdir)
+    if state.current:
+        return f"nothing to do: Packages lists all {state.files} binary packages"
+    ctx.system.script("binhost-index", stream=True)
+    if ctx.dry:
+        return f"would rewrite Packages ({state.describe()})"
+    after = index_state(pkgdir)
+    if not after.current:
+        raise OrchestratorError(f"{pkgdir}/Packages still does not match PKGDIR after emaint: {after.describe()}")
+    return f"rewrote Packages ({state.describe()}); it lists {after.files} binary packages"
+
+
+def publish(ctx: StageContext) -> str:
+    """Trees that came with a mirror's timestamp keep it; others get ours."""
+    stale = [repo for repo in ctx.published() if not _published(ctx, repo)]
+    if not stale:
+        return "nothing to do: " + ", ".join(r.name for r in ctx.published()) + " unchanged since last published"
+    mirrored = [repo for repo in stale if _mirror_stamp(ctx, repo)]
+    ours = [repo for repo in stale if repo not in mirrored]
+    for group, args in ((mirrored, ["--keep-timestamp"]), (ours, [])):
+        if group:
+            ctx.system.script("binhost-publish", *args, *[repo.name for repo in group], stream=True)
+    if ctx.dry:
+        return f"would publish {', '.join(r.name for r in stale)}"
+    for repo in stale:
+        chk = repo.host_path / "metadata" / "timestamp.chk"
+        if not chk.is_file():
+            raise OrchestratorError(f"egencache wrote no metadata/timestamp.chk in {repo.host_path}")
+        if repo in ours:
+            ctx.fingerprints.put(_stamp_key(repo), chk.read_text())
+        ctx.fingerprints.put(_publish_key(repo), tree_fingerprint(repo.host_path))
+    notes = [f"{r.name} (metadata cache, mirror's timestamp kept)" for r in mirrored]
+    notes += [f"{r.name} (metadata cache, new timestamp.chk)" for r in ours]
+    return "published " + ", ".join(notes)
+
+
+def _mirror_stamp(ctx: StageContext, repo: RepoFacts) -> bool:
+    """True when timestamp.chk came with the sync (a mirror's), not from our last publish."""
+    chk = repo.host_path / "metadata" / "timestamp.chk"
+    return chk.is_file() and chk.read_text() != ctx.fingerprints.get(_stamp_key(repo))
+
+
+def owner(ctx: StageContext) -> str:
+    serve = ctx.system.cfg.serve
+    pkgdir = ctx.facts.pkgdir_host
+    if not (serve.web_user or serve.web_group):
+        hidden = unreadable_by_others(pkgdir) if pkgdir.exists() else 0
+        if hidden:
+            ctx.warnings.append(f"{hidden} file(s) or directories in {pkgdir} are not readable by other users"
+                                " (quickpkg --include-config=y writes 0640): a web server running as its own"
+                                " user cannot serve them; set binhost.serve.web_group")
+        return "nothing to do: binhost.serve.web_user and web_group are not set"
+    uid, gid = _ids(serve.web_user, serve.web_group)
+    wrong = wrong_owner(pkgdir, uid, gid)
+    who = f"{serve.web_user or '-'}:{serve.web_group or '-'}"
+    if not wrong:
+        return f"nothing to do: PKGDIR is owned by {who}"
+    if ctx.dry:
+        return f"would chown {len(wrong)} path(s) in {pkgdir} to {who}"
+    for path in wrong:
+        os.lchown(path, uid, gid)
+    return f"chowned {len(wrong)} path(s) in {pkgdir} to {who}"
+
+
+STAGE_DOCS = {
+    "sync": "Sync the build system's repositories (emerge --sync); says which trees changed.",
+    "world": "emerge -uDN --buildpkg @world in the build system, without questions.",
+    "package": "quickpkg --include-config=y the installed packages whose binary package is missing or stale.",
+    "index": "Rewrite PKGDIR/Packages (emaint binhost --fix) when it does not match the binary packages.",
+    "publish": "egencache --write-timestamp the published trees that changed since they were last published.",
+    "owner": "chown PKGDIR to binhost.serve.web_user/web_group where it differs.",
+}
+
+RUNNERS: dict[str, Callable[[StageContext], str]] = {
+    "sync": sync, "world": world, "package": package, "index": index, "publish": publish, "owner": owner,
+}
+
+
+def _fingerprint(repo: RepoFacts) -> str:
+    return tree_fingerprint(repo.host_path) if repo.host_path.exists() else ""
+
+
+def _publish_key(repo: RepoFacts) -> str:
+    return f"published:{repo.name}:{repo.host_path}"
+
+
+def _stamp_key(repo: RepoFacts) -> str:
+    return f"stamp:{repo.name}:{repo.host_path}"
+
+
+def _published(ctx: StageContext, repo: RepoFacts) -> bool:
+    if not (repo.host_path / "metadata" / "timestamp.chk").is_file():
+        return False
+    return ctx.fingerprints.get(_publish_key(repo)) == _fingerprint(repo)
+
+
+def _ids(user: str, group: str) -> tuple[int, int]:
+    """Names resolved on the build box, where the web server runs."""
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else -1
+    except KeyError:
+        raise ConfigError(f"binhost.serve.web_user: no user {user!r} on this host") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError:
+        raise ConfigError(f"binhost.serve.web_group: no group {group!r} on this host") from None
+    return uid, gid
+
+
+def _short_list(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
