@@ -1,0 +1,318 @@
+"""Exposing the binhost: rendered rsyncd.conf and web snippets, and the real
+``rsync --daemon`` plus the PKGDIR HTTP server run by ``serving``."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from portage_lab import make_repo
+from sshd import free_port
+
+from orchestrator.binhost.exposure import render_exposure, write_rendered
+from orchestrator.binhost.facts import BinhostFacts, RepoFacts
+from orchestrator.binhost.serve import serve_forever, serving
+from orchestrator.config import load_section
+from orchestrator.errors import ConfigError, OrchestratorError
+
+LOOPBACK = "127.0.0.1"
+BINPKG = "app-lab/toy00/toy00-1-1.gpkg.tar"
+
+
+class Lab:
+    """A build box's view: one repository with the directories mirrors exclude, and a PKGDIR."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.repo = make_repo(base / "build" / "var/db/repos/lab")
+        for excluded in ("distfiles", "packages"):
+            (self.repo / excluded).mkdir()
+            (self.repo / excluded / "big.tar.xz").write_bytes(b"not part of the tree")
+        self.pkgdir = base / "build" / "var/cache/binpkgs"
+        (self.pkgdir / BINPKG).parent.mkdir(parents=True)
+        (self.pkgdir / "Packages").write_text("ARCH: amd64\nPACKAGES: 1\nVERSION: 0\n")
+        (self.pkgdir / BINPKG).write_bytes(os.urandom(300_000))
+        (self.pkgdir / ".hidden").write_text("editor leftover")
+        (base / "build" / "secret.txt").write_text("outside PKGDIR")
+        (self.pkgdir / "escape").symlink_to(base / "build" / "secret.txt")
+        self.facts = BinhostFacts("/var/cache/binpkgs", self.pkgdir,
+                                  (RepoFacts("lab", "/var/db/repos/lab", self.repo),))
+
+    def config(self, **serve):
+        return load_section("binhost", {"serve": {"listen_address": LOOPBACK, **serve}})
+
+
+@pytest.fixture
+def lab(tmp_path) -> Lab:
+    return Lab(tmp_path)
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def rsync_pids(config_file: Path) -> list[int]:
+    """Processes running ``rsync --daemon`` with this config file (read from /proc)."""
+    needle = f"--config={config_file}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def status(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    """A raw request: http.client sends the path exactly as given (no ``..`` folding)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+def test_rsyncd_conf_has_the_globals_and_one_module_per_repo(lab, tmp_path):
+    cfg = lab.config(rsync_port=8873)
+    text = render_exposure(cfg, lab.facts, pid_file=tmp_path / "rsyncd.pid")["rsyncd.conf"]
+    lines = text.splitlines()
+    for expected in ("address = 127.0.0.1", "port = 8873", f"pid file = {tmp_path / 'rsyncd.pid'}",
+                     "use chroot = yes", "read only = yes", "list = yes", "[lab]", f"path = {lab.repo}",
+                     "exclude = /distfiles/ /packages/"):
+        assert expected in lines, expected
+    assert any(line.startswith("max connections = ") for line in lines)
+    assert any(line.startswith("timeout = ") for line in lines)
+    assert not any(line.startswith(("uid", "gid", "hosts allow")) for line in lines)
+    assert "comment = " in text
+
+    allowed = render_exposure(lab.config(hosts_allow=["10.0.0.0/8", "192.168.1.5"]), lab.facts)["rsyncd.conf"]
+    assert "hosts allow = 10.0.0.0/8 192.168.1.5" in allowed.splitlines()
+    assert "pid file" not in allowed
+
+
+def test_only_the_configured_repos_are_published(lab, tmp_path):
+    other = make_repo(tmp_path / "other", name="other")
+    facts = BinhostFacts(lab.facts.pkgdir, lab.pkgdir, lab.facts.repos + (RepoFacts("other", "/x", other),))
+    every = render_exposure(lab.config(), facts)["rsyncd.conf"]
+    assert "[lab]" in every and "[other]" in every
+    cfg = load_section("binhost", {"repos": ["other"], "serve": {"listen_address": LOOPBACK}})
+    only = render_exposure(cfg, facts)["rsyncd.conf"]
+    assert "[other]" in only and "[lab]" not in only
+    with pytest.raises(ConfigError, match=r"binhost\.repos: .*'nope'"):
+        render_exposure(load_section("binhost", {"repos": ["nope"]}), facts)
+
+
+def test_web_snippets_alias_pkgdir_at_url_path(lab):
+    # nginx and Apache are not installed on CI, so `nginx -t` / `apachectl -t` are not run:
+    # these checks are on the rendered text only.
+    files = render_exposure(lab.config(url_path="/gentoo/binpkgs/"), lab.facts)
+    nginx, apache = files["nginx-binhost.conf"], files["apache-binhost.conf"]
+    assert "INSIDE a server { } block" in nginx
+    assert "location /gentoo/binpkgs/ {" in nginx
+    assert f'alias "{lab.pkgdir}/";' in nginx
+    assert "autoindex on;" in nginx
+    assert "location ~ /\\. {" in nginx and "deny all;" in nginx
+    assert f'Alias "/gentoo/binpkgs" "{lab.pkgdir}"' in apache
+    assert f'<Directory "{lab.pkgdir}">' in apache
+    assert "Require all granted" in apache
+    assert "    Options Indexes\n" in apache and "FollowSymLinks" not in apache
+
+
+def test_a_path_with_spaces_is_quoted_and_percent_escaped_for_rsync(lab, tmp_path):
+    spaced = tmp_path / "my binhost" / "50% off"
+    facts = BinhostFacts("/var/cache/binpkgs", spaced / "binpkgs", (RepoFacts("lab", "/r", spaced / "repo"),))
+    files = render_exposure(lab.config(), facts)
+    assert f'alias "{spaced}/binpkgs/";' in files["nginx-binhost.conf"]
+    assert f'Alias "/binpkgs" "{spaced}/binpkgs"' in files["apache-binhost.conf"]
+    assert f"path = {str(spaced).replace('%', '%%')}/repo" in files["rsyncd.conf"].splitlines()
+
+
+@pytest.mark.parametrize("serve, key", [
+    ({"listen_address": "127.0.0.1\nuid = root"}, "binhost.serve.listen_address"),
+    ({"hosts_allow": ["10.0.0.0/8 *"]}, r"binhost.serve.hosts_allow\[0\]"),
+    ({"url_path": "/bin pkgs"}, "binhost.serve.url_path"),
+    ({"url_path": "/binpkgs/../etc"}, "binhost.serve.url_path"),
+    ({"url_path": '/a";'}, "binhost.serve.url_path"),
+    ({"rsync_port": 0}, "binhost.serve.rsync_port"),
+])
+def test_unsafe_serve_settings_are_refused_by_key(lab, serve, key):
+    with pytest.raises(ConfigError, match=key):
+        render_exposure(lab.config(**serve), lab.facts)
+
+
+@pytest.mark.parametrize("pkgdir, repo_path, needle", [
+    ('/srv/bin"pkgs', "/srv/repo", "PKGDIR"),
+    ("/srv/$host/binpkgs", "/srv/repo", "PKGDIR"),
+    ("/srv/binpkgs", "/srv/repo\n[evil]", "binhost.repos: repository 'lab'"),
+    ("/srv/binpkgs", "relative/repo", "binhost.repos: repository 'lab'"),
+    ("/srv/binpkgs", "/srv/repo\\", "binhost.repos: repository 'lab'"),
+])
+def test_paths_that_a_format_cannot_carry_are_refused(lab, pkgdir, repo_path, needle):
+    facts = BinhostFacts("/var/cache/binpkgs", Path(pkgdir), (RepoFacts("lab", "/r", Path(repo_path)),))
+    with pytest.raises(ConfigError) as info:
+        render_exposure(lab.config(), facts)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_write_rendered_only_writes_changes_and_keeps_the_first_original(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rsyncd.conf").write_text("# written by hand\n")
+    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out) == [
+        "rsyncd.conf", "nginx-binhost.conf"]
+    assert (out / "rsyncd.conf").read_text() == "v1\n"
+    assert (out / "rsyncd.conf.orig").read_text() == "# written by hand\n"
+    assert not (out / "nginx-binhost.conf.orig").exists()
+
+    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out) == []
+
+    assert write_rendered({"rsyncd.conf": "v2\n", "nginx-binhost.conf": "n1\n"}, out) == ["rsyncd.conf"]
+    assert (out / "rsyncd.conf").read_text() == "v2\n"
+    assert (out / "rsyncd.conf.orig").read_text() == "# written by hand\n"
+    assert sorted(p.name for p in out.iterdir()) == ["nginx-binhost.conf", "rsyncd.conf", "rsyncd.conf.orig"]
+
+
+# --- the real daemons ------------------------------------------------------------------------
+
+def test_rsync_daemon_serves_the_tree_without_excluded_dirs(lab, tmp_path):
+    with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=free_port(), http_port=0) as server:
+        listing = subprocess.run(["rsync", "--list-only", f"rsync://{LOOPBACK}:{server.rsync_port}/"],
+                                 capture_output=True, text=True, timeout=30)
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.split()[0] == "lab"
+
+        dest = tmp_path / "pulled"
+        pulled = subprocess.run(["rsync", "-a", server.rsync_url("lab") + "/", f"{dest}/"],
+                                capture_output=True, text=True, timeout=30)
+        assert pulled.returncode == 0, pulled.stderr
+
+        direct = subprocess.run(["rsync", "--list-only", server.rsync_url("lab") + "/distfiles/big.tar.xz"],
+                                capture_output=True, text=True, timeout=30)
+        assert direct.returncode != 0 and "big.tar.xz" not in direct.stdout
+
+    expected = {path: data for path, data in tree(lab.repo).items()
+                if not path.startswith(("distfiles/", "packages/"))}
+    assert tree(dest) == expected
+    assert "metadata/timestamp.chk" in expected
+    assert not (dest / "distfiles").exists() and not (dest / "packages").exists()
+
+
+def test_http_serves_pkgdir_and_nothing_else(lab, tmp_path, capfd):
+    with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=free_port(), http_port=0) as server:
+        assert server.http_url == f"http://{LOOPBACK}:{server.http_port}/binpkgs"
+        with urllib.request.urlopen(f"{server.http_url}/Packages", timeout=5) as response:
+            assert response.read() == (lab.pkgdir / "Packages").read_bytes()
+        with urllib.request.urlopen(f"{server.http_url}/{BINPKG}", timeout=5) as response:
+            assert response.read() == (lab.pkgdir / BINPKG).read_bytes()
+        assert status(server.http_port, f"/binpkgs/{BINPKG}", "HEAD")[0] == 200
+
+        port = server.http_port
+        for path in ("/", "/Packages", "/binpkgsX/Packages", "/binpkgs/../secret.txt",
+                     "/binpkgs/%2e%2e/secret.txt", "/binpkgs/..%2fsecret.txt", "/binpkgs/escape",
+                     "/binpkgs/.hidden"):
+            code, body = status(port, path)
+            assert code == 404, path
+            assert b"outside PKGDIR" not in body
+        assert status(port, "/binpkgs/Packages", "POST")[0] == 501
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://{LOOPBACK}:{port}/../../etc/passwd", timeout=5)
+        requests = server.http_requests
+
+    assert requests == 13  # every request above, 404s and the 501 included
+    assert "GET /binpkgs/Packages" in (tmp_path / "work" / "http.log").read_text()
+    assert capfd.readouterr().err == ""
+
+
+def test_after_the_block_both_ports_refuse_and_rsync_is_gone(lab, tmp_path):
+    rsync_port = free_port()
+    with pytest.raises(RuntimeError, match="boom"):
+        with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=rsync_port, http_port=0) as server:
+            pid, http_port = server.rsync_pid(), server.http_port
+            assert pid in rsync_pids(tmp_path / "work" / "rsyncd.conf")
+            raise RuntimeError("boom")
+    assert refused(rsync_port) and refused(http_port)
+    assert not Path(f"/proc/{pid}").exists()
+    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+
+
+def test_a_taken_rsync_port_is_one_line_naming_it_and_leaves_nothing_running(lab, tmp_path):
+    http_port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind((LOOPBACK, 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(OrchestratorError) as info:
+            with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=taken, http_port=http_port):
+                pytest.fail("serving started on a taken port")
+    message = str(info.value)
+    assert str(taken) in message and "Address already in use" in message and "\n" not in message
+    assert time.monotonic() - started < 10
+    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+    assert refused(http_port)
+
+
+def test_a_taken_http_port_is_named_and_rsync_is_not_left_running(lab, tmp_path):
+    rsync_port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind((LOOPBACK, 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(OrchestratorError, match=f"HTTP server on 127.0.0.1:{taken}: Address already in use"):
+            with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=rsync_port, http_port=taken):
+                pytest.fail("serving started on a taken port")
+    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+    assert refused(rsync_port)
+
+
+def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(lab, site, tmp_path):
+    rsync_port, http_port = free_port(), free_port()
+    cfg = lab.config(rsync_port=rsync_port, http_port=http_port)
+    work = tmp_path / "serve-work"
+    fetched = []
+
+    def client():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/binpkgs/Packages", timeout=2) as r:
+                    fetched.append(r.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the job wrapper turns it into an unwinding exception
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    code, out = site.run("binhost-serve", lambda run: serve_forever(run, cfg, lab.facts, work))
+    thread.join()
+
+    assert fetched == [(lab.pkgdir / "Packages").read_bytes()]
+    assert code == 0, out
+    assert f"rsync: rsync://{LOOPBACK}:{rsync_port}/lab" in out
+    assert f"http: http://{LOOPBACK}:{http_port}/binpkgs" in out
+    assert "served 1 HTTP requests" in out
+    assert refused(rsync_port) and refused(http_port)
+    assert rsync_pids(work / "rsyncd.conf") == []
