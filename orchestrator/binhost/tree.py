@@ -70,11 +70,11 @@ class IndexState:
     listed: int
     unlisted: tuple[str, ...]  # on disk, not in the index
     gone: tuple[str, ...]  # in the index, not on disk
-    newer_than_index: int  # files modified after the index was written
+    changed: int  # files whose size or mtime differ from their index entry
 
     @property
     def current(self) -> bool:
-        return self.files == self.listed and not (self.unlisted or self.gone or self.newer_than_index)
+        return self.files == self.listed and not (self.unlisted or self.gone or self.changed)
 
     def describe(self) -> str:
         if self.listed == 0 and self.files:
@@ -84,53 +84,56 @@ class IndexState:
             parts.append(f"{len(self.unlisted)} binary package(s) not in the index")
         if self.gone:
             parts.append(f"{len(self.gone)} index entries without a file")
-        if self.newer_than_index:
-            parts.append(f"{self.newer_than_index} file(s) newer than the index")
+        if self.changed:
+            parts.append(f"{self.changed} file(s) changed since indexed")
         if not parts and self.files != self.listed:
             parts.append("duplicate index entries")
         return ", ".join(parts) or "current"
 
 
-def binpkg_files(pkgdir: Path) -> dict[str, float]:
-    """Relative path -> mtime of every binary package under ``pkgdir``."""
+def binpkg_files(pkgdir: Path) -> dict[str, os.stat_result]:
+    """Relative path -> stat of every binary package under ``pkgdir``."""
     found = {}
     for parent, _dirs, files in os.walk(pkgdir):
         for name in files:
             if name.endswith(BINPKG_SUFFIXES):
                 path = os.path.join(parent, name)
-                found[os.path.relpath(path, pkgdir)] = os.lstat(path).st_mtime
+                found[os.path.relpath(path, pkgdir)] = os.lstat(path)
     return found
 
 
-def index_paths(packages_file: Path) -> list[str]:
-    """The binary package paths a Packages index lists (PATH, or the legacy CPV.tbz2 name)."""
-    paths: list[str] = []
+def index_entries(packages_file: Path) -> list[dict[str, str]]:
+    """The package entries of a Packages index, each with its ``PATH`` filled in.
+
+    Without binpkg-multi-instance there is no PATH: the file is ``CPV.tbz2``.
+    """
+    entries = []
     blocks = packages_file.read_text(errors="replace").split("\n\n")
     for block in blocks[1:]:  # the first block is the header
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "CPV" not in fields:
-            continue
-        if "PATH" in fields:
-            paths.append(fields["PATH"])
-        else:
-            category, rest = fields["CPV"].split("/", 1)
-            paths.append(f"{category}/{rest}.tbz2")
-    return paths
+        if "CPV" in fields:
+            fields.setdefault("PATH", f"{fields['CPV']}.tbz2")
+            entries.append(fields)
+    return entries
 
 
 def index_state(pkgdir: Path) -> IndexState:
+    """Compare the index with the files, entry by entry (Portage records SIZE and MTIME)."""
     files = binpkg_files(pkgdir)
     packages = pkgdir / "Packages"
     if not packages.exists():
         return IndexState(len(files), 0, tuple(sorted(files)), (), 0)
-    listed = index_paths(packages)
-    written = packages.stat().st_mtime
+    entries = {entry["PATH"]: entry for entry in index_entries(packages)}
+    changed = sum(
+        1 for path, entry in entries.items() if path in files
+        and (entry.get("SIZE") != str(files[path].st_size) or entry.get("MTIME") != str(int(files[path].st_mtime)))
+    )
     return IndexState(
         files=len(files),
-        listed=len(listed),
-        unlisted=tuple(sorted(set(files) - set(listed))),
-        gone=tuple(sorted(set(listed) - set(files))),
-        newer_than_index=sum(1 for mtime in files.values() if mtime > written),
+        listed=len(entries),
+        unlisted=tuple(sorted(set(files) - set(entries))),
+        gone=tuple(sorted(set(entries) - set(files))),
+        changed=changed,
     )
 
 
