@@ -56,9 +56,9 @@ def reconcile(c):
 
 
 @task(name="all", default=True, iterable=["skip"],
-      help={"skip": "leave out a stage (repeatable): sync, world, package, index, publish, owner"})
+      help={"skip": "leave out a stage (repeatable): sync, world, package, index, publish, owner, configs"})
 def binhost_all(c, skip=None):
-    """Build and publish binaries in the build chroot: sync, world, package, index, publish, owner."""
+    """Build and publish binaries in the build chroot: sync, world, package, index, publish, owner, configs."""
     stages = [stage for stage in binhost_jobs.STAGES if stage not in (skip or [])]
     unknown = sorted(set(skip or []) - set(binhost_jobs.STAGES))
     run_task(c, "binhost", lambda run: binhost_jobs.build(run, stages, unknown_skips=unknown))
@@ -73,10 +73,27 @@ def _stage_task(stage: str, doc: str):
     return stage_task
 
 
+@task(name="serve")
+def binhost_serve(c):
+    """Serve the trees over rsync and PKGDIR over HTTP from this box until Ctrl-C (for sites with no web server)."""
+    run_task(c, "binhost-serve", binhost_jobs.serve, locked=False)
+
+
+@task(name="clients", iterable=["only"], help={
+    "only": "update only this instance (repeatable; a name from binhost.clients)",
+    "mode": "direct, tunnel or tarball for this run (default: each instance's own binhost.clients[].mode)",
+})
+def binhost_clients(c, only=None, mode=None):
+    """Point instances at the binhost and run emerge --sync and emerge -uDNGK @world on them over SSH."""
+    run_task(c, "binhost-clients", lambda run: binhost_jobs.update_clients(run, only or None, mode))
+
+
 binhost = Collection("binhost")
 binhost.add_task(binhost_all)
 for _stage, _doc in binhost_jobs.STAGE_DOCS.items():
     binhost.add_task(_stage_task(_stage, _doc))
+binhost.add_task(binhost_serve)
+binhost.add_task(binhost_clients)
 
 catalog = Collection("catalog")
 catalog.add_task(rebuild)

@@ -22,7 +22,9 @@ from .config import ClientConfig
 from .errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-FILE_NAME = "gentoo-ec2-orchestrator.conf"
+# "zz-": Portage reads a .conf directory in sorted order and the last value of a key wins,
+# so our sync-uri overrides the one in an existing gentoo.conf.
+FILE_NAME = "zz-gentoo-ec2-orchestrator.conf"
 BINREPO_NAME = "gentoo-ec2-orchestrator"
 BEGIN_MARKER = "# BEGIN gentoo-ec2-orchestrator binhost"
 END_MARKER = "# END gentoo-ec2-orchestrator binhost"

@@ -160,6 +160,7 @@ def write_rendered(files: dict[str, str], out_dir: Path) -> list[str]:
     changed = []
     for name, text in files.items():
         target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         data = text.encode()
         if target.is_file() and target.read_bytes() == data:
             continue

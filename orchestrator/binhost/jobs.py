@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from ..config import BinhostConfig
 from ..errors import ConfigError
 from ..job import JobRun
+from .clients import saved_facts, update_clients
+from .serve import serve_forever
 from .session import build_system, output_dir
 from .stages import RUNNERS, STAGE_DOCS, STAGES, StageContext
 from .tree import FingerprintStore
@@ -46,4 +48,10 @@ def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[s
             run.report.warnings.extend(ctx.warnings)
 
 
-__all__ = ["STAGES", "STAGE_DOCS", "build", "check_binhost"]
+def serve(run: JobRun) -> None:
+    cfg: BinhostConfig = run.section("binhost")
+    check_binhost(cfg)
+    serve_forever(run, cfg, saved_facts(run, cfg), output_dir(run, cfg) / "serve")
+
+
+__all__ = ["STAGES", "STAGE_DOCS", "build", "check_binhost", "serve", "update_clients"]

@@ -6,6 +6,8 @@ package  quickpkg --include-config=y only packages whose binary package is missi
 index    emaint binhost --fix, only when Packages does not match PKGDIR
 publish  egencache --write-timestamp, only for trees changed since they were last published
 owner    chown PKGDIR for the web server user, only what differs
+configs  render rsyncd.conf, the nginx and Apache snippets and every instance's Portage
+         configuration into the output directory, only what differs
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, OrchestratorError
+from ..portage_conf import render_client_configs
+from .clients import planned_uris
+from .exposure import render_exposure, write_rendered
 from .facts import BinhostFacts, RepoFacts
 from .session import BuildSystem
 from .tree import FingerprintStore, index_state, tree_fingerprint, unreadable_by_others, wrong_owner
 
-STAGES = ("sync", "world", "package", "index", "publish", "owner")
+STAGES = ("sync", "world", "package", "index", "publish", "owner", "configs")
 EMERGING = re.compile(r"^>>> Emerging \(\d+ of \d+\) (\S+?)(?:::\S+)?\s*$")
 
 
@@ -158,10 +163,30 @@ STAGE_DOCS = {
     "index": "Rewrite PKGDIR/Packages (emaint binhost --fix) when it does not match the binary packages.",
     "publish": "egencache --write-timestamp the published trees that changed since they were last published.",
     "owner": "chown PKGDIR to binhost.serve.web_user/web_group where it differs.",
+    "configs": "Render rsyncd.conf, nginx/Apache snippets and every instance's repos.conf/binrepos.conf.",
 }
+
+def configs(ctx: StageContext) -> str:
+    """What the admin installs by hand (web server, rsyncd) or bakes into images, kept current."""
+    cfg = ctx.system.cfg
+    files = render_exposure(cfg, ctx.facts)
+    repos = [repo.name for repo in ctx.published()]
+    for client in cfg.clients:
+        uris = planned_uris(cfg, client, repos, client.mode)
+        for path, text in render_client_configs(client, repos, uris, verify_signature=cfg.signing.enabled).items():
+            files[f"clients/{client.name}/{path.lstrip('/')}"] = text
+    out = ctx.system.out_dir
+    if ctx.dry:
+        return f"would render {len(files)} file(s) into {out}"
+    changed = write_rendered(files, out)
+    if not changed:
+        return f"nothing to do: the {len(files)} rendered files in {out} are current"
+    return f"wrote {len(changed)} of {len(files)} into {out}: {_short_list(changed)}"
+
 
 RUNNERS: dict[str, Callable[[StageContext], str]] = {
     "sync": sync, "world": world, "package": package, "index": index, "publish": publish, "owner": owner,
+    "configs": configs,
 }
 
 

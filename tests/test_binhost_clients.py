@@ -1,0 +1,198 @@
+"""Instances updated from the binhost over SSH, three ways, with real parts end to end.
+
+The binhost is real Portage (PyPI) in a scratch prefix, built by `inv binhost`'s
+own job; it is served by our `serving()` (the real `rsync --daemon` and the
+PKGDIR web server) on loopback ports. Each "instance" is another Portage prefix
+reached through a real sshd on a loopback port, as root; its emerge runs over
+that SSH session. No EC2 instance exists here: the prefix is the nearest real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+import portage_lab as lab
+from conftest import Site
+from orchestrator.binhost import jobs
+from orchestrator.binhost.clients import update_clients
+from orchestrator.binhost.facts import BinhostFacts
+from orchestrator.binhost.serve import serving
+from orchestrator.config import load_section
+from sshd import free_port, running_sshd
+
+PACKAGES = 3
+ALL = {f"app-lab/toy{i:02d}": "1" for i in range(PACKAGES)}
+
+
+class Lab:
+    """The binhost site, its servers, the sshd, and helpers to add instances."""
+
+    def __init__(self, site: Site, base: Path, ssh):
+        self.site, self.base, self.ssh = site, base, ssh
+        self.upstream = lab.make_repo(base / "upstream", packages=PACKAGES)
+        self.binhost = lab.make_binhost_prefix(base, upstream=self.upstream, packages=PACKAGES)
+        self.site.set("binhost", {
+            "mode": "prefix", "root": str(self.binhost.eprefix), "clients": [],
+            "serve": {"public_host": "127.0.0.1", "listen_address": "127.0.0.1",
+                      "rsync_port": free_port(), "http_port": free_port()},
+        })
+
+    def build(self, stages=jobs.STAGES) -> dict:
+        code, output = self.site.run("binhost", lambda run: jobs.build(run, stages))
+        assert code == 0, output
+        return self.summary("binhost")
+
+    def summary(self, job: str) -> dict:
+        return json.loads((self.site.root / "state/reports" / f"{job}-latest.json").read_text())["summary"]
+
+    def instance(self, name: str, **settings) -> lab.Prefix:
+        prefix = lab.make_client_prefix(self.base, name, packages=PACKAGES)
+        client = {"name": name, "host": self.ssh.host, "port": self.ssh.port,
+                  "key_filename": self.ssh.key_filename, "known_hosts": self.ssh.known_hosts,
+                  "eprefix": str(prefix.eprefix), "env": prefix.env(), **settings}
+        self.site.config["binhost"]["clients"] = [
+            c for c in self.site.config["binhost"]["clients"] if c["name"] != name] + [client]
+        return prefix
+
+    def update(self, *only: str, mode: str | None = None) -> tuple[int, str]:
+        return self.site.run("binhost-clients", lambda run: update_clients(run, list(only), mode))
+
+
+@pytest.fixture(scope="module")
+def binlab(tmp_path_factory):
+    base = tmp_path_factory.mktemp("binlab")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in lab.portage_env(base).items():
+            if key != "PORTAGE_OVERRIDE_EPREFIX":
+                env.setenv(key, value)
+        with running_sshd(base / "sshd") as ssh:
+            site_root = base / "site"
+            site_root.mkdir()
+            world = Lab(Site(site_root), base, ssh)
+            world.build()
+            cfg = load_section("binhost", world.site.config["binhost"])
+            facts = BinhostFacts.load(site_root / "state/binhost/facts.json")
+            with serving(cfg, facts, base / "serve"):
+                yield world
+
+
+def repos_conf(prefix: lab.Prefix) -> str:
+    return (prefix.etc_portage / "repos.conf/zz-gentoo-ec2-orchestrator.conf").read_text()
+
+
+def binrepos_conf(prefix: lab.Prefix) -> str:
+    return (prefix.etc_portage / "binrepos.conf/zz-gentoo-ec2-orchestrator.conf").read_text()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_direct_mode_installs_binaries_only_and_a_rerun_has_nothing_to_do(binlab):
+    prefix = binlab.instance("direct1", mode="direct")
+    code, output = binlab.update("direct1")
+    assert code == 0, output
+    outcome = binlab.summary("binhost-clients")["clients"]["direct1"]
+    assert sorted(outcome["installed"]) == [f"{atom}-1" for atom in ALL]
+    assert outcome["skipped"] == [] and len(outcome["configs_written"]) == 2
+    assert prefix.installed() == ALL
+    serve = binlab.site.config["binhost"]["serve"]
+    assert f"sync-uri = rsync://127.0.0.1:{serve['rsync_port']}/lab" in repos_conf(prefix)
+    assert f"sync-uri = http://127.0.0.1:{serve['http_port']}/binpkgs" in binrepos_conf(prefix)
+    assert "verify-signature = false" in binrepos_conf(prefix)
+    update_log = (binlab.site.root / "state/binhost/logs/direct1-update.log").read_text()
+    assert ">>> Emerging binary" in update_log and ">>> Emerging (" not in update_log, "nothing was compiled"
+
+    code, output = binlab.update("direct1")
+    assert code == 0, output
+    assert "installed 0; no binary package for 0; configs unchanged" in output
+
+
+def test_tunnel_mode_carries_rsync_and_http_through_one_ssh_session(binlab):
+    prefix = binlab.instance("tunnel1", mode="tunnel", tunnel_rsync_port=free_port(), tunnel_http_port=free_port())
+    client = binlab.site.config["binhost"]["clients"][-1]
+    code, output = binlab.update("tunnel1")
+    assert code == 0, output
+    assert prefix.installed() == ALL
+    assert f"rsync://127.0.0.1:{client['tunnel_rsync_port']}/lab" in repos_conf(prefix)
+    assert f"http://127.0.0.1:{client['tunnel_http_port']}/binpkgs" in binrepos_conf(prefix)
+    assert refused(client["tunnel_rsync_port"]) and refused(client["tunnel_http_port"]), "the tunnel is closed"
+
+
+def test_tarball_mode_ships_tree_and_binaries_and_leaves_one_unpacked_copy(binlab, tmp_path):
+    staging = tmp_path / "instance-staging"
+    prefix = binlab.instance("tarball1", mode="tarball", staging_dir=str(staging))
+    code, output = binlab.update("tarball1")
+    assert code == 0, output
+    assert prefix.installed() == ALL
+    assert f"sync-uri = file://{staging}/binhost/tree/lab/" in repos_conf(prefix)
+    assert f"sync-uri = file://{staging}/binhost/binpkgs" in binrepos_conf(prefix)
+    assert sorted(p.name for p in staging.iterdir()) == ["binhost"], "no tarball or half-unpacked copy left"
+    assert (staging / "binhost/tree/lab/metadata/timestamp.chk").is_file()
+    assert (staging / "binhost/binpkgs/Packages").is_file()
+
+
+def test_legacy_make_conf_block_is_added_and_the_rest_is_kept(binlab):
+    prefix = binlab.instance("legacy1", mode="direct", legacy_make_conf=True)
+    original = (prefix.etc_portage / "make.conf").read_text()
+    code, output = binlab.update("legacy1")
+    assert code == 0, output
+    text = (prefix.etc_portage / "make.conf").read_text()
+    assert text.startswith(original), "every line the admin wrote is kept as it was"
+    assert "# BEGIN gentoo-ec2-orchestrator binhost" in text and 'PORTAGE_BINHOST="http://127.0.0.1:' in text
+    assert (prefix.etc_portage / ".make.conf.previous").read_text() == original
+
+
+def test_a_make_conf_portage_cannot_parse_is_left_untouched(binlab):
+    prefix = binlab.instance("badconf1", mode="direct", legacy_make_conf=True)
+    broken = 'CFLAGS="-O2 -pipe\n'
+    (prefix.etc_portage / "make.conf").write_text(broken)
+    code, output = binlab.update("badconf1")
+    assert code == 1
+    assert "badconf1" in output and "make.conf: not a valid make.conf" in output
+    assert (prefix.etc_portage / "make.conf").read_text() == broken
+    assert prefix.installed() == {}
+
+
+def test_one_unreachable_instance_does_not_stop_the_others(binlab):
+    binlab.instance("good1", mode="direct")
+    binlab.instance("gone1", mode="direct")
+    binlab.site.config["binhost"]["clients"][-1]["port"] = free_port()  # nobody listens there
+    code, output = binlab.update("gone1", "good1")
+    assert code == 1
+    assert "1 of 2 instance(s) failed: gone1: ssh root@127.0.0.1" in output and "refused" in output.lower()
+    assert binlab.summary("binhost-clients")["clients"]["good1"]["installed"]
+
+
+def test_unknown_instance_name_is_one_line(binlab):
+    code, output = binlab.update("nosuch")
+    assert code == 2 and "--only: no instance named 'nosuch'" in output
+
+
+def test_an_update_without_a_binary_is_reported_then_installed_once_built(binlab):
+    """Runs last: it changes the binhost. Bump one ebuild, publish the tree but do not build it yet."""
+    prefix = binlab.instance("bump1", mode="direct")
+    assert binlab.update("bump1")[0] == 0
+    lab.bump(binlab.upstream, 1)
+    binlab.build(["sync", "publish"])
+    code, output = binlab.update("bump1")
+    assert code == 0, output
+    outcome = binlab.summary("binhost-clients")["clients"]["bump1"]
+    assert outcome["installed"] == [] and outcome["skipped"] == ["app-lab/toy01-2"]
+    assert prefix.installed()["app-lab/toy01"] == "1"
+
+    summary = binlab.build()
+    assert summary["world"] == "built 1: app-lab/toy01-2"
+    code, output = binlab.update("bump1")
+    assert code == 0, output
+    outcome = binlab.summary("binhost-clients")["clients"]["bump1"]
+    assert outcome["installed"] == ["app-lab/toy01-2"] and outcome["skipped"] == []
+    assert prefix.installed()["app-lab/toy01"] == "2"
