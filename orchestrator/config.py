@@ -178,7 +178,8 @@ class SigningConfig:
     """
 
     key: str = ""
-    gpg_home: str = "/etc/portage/gnupg-signing"
+    gpg_home: str = "/etc/portage/gnupg-signing"  # the private keyring, inside the build system
+    verify_home: str = "/etc/portage/gnupg"  # a public keyring Portage verifies with (there and on instances)
 
     @property
     def enabled(self) -> bool:

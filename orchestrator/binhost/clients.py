@@ -34,6 +34,7 @@ from ..job import JobRun
 from ..portage_conf import (ClientUris, legacy_make_conf_block, merge_make_conf, render_client_configs,
                             validate_make_conf)
 from ..run import RemoteTarget
+from . import signing
 from .exposure import published_repos, url_path
 from .facts import BinhostFacts
 from .session import FACTS_FILE, output_dir
@@ -118,6 +119,11 @@ def update_client(run: JobRun, cfg: BinhostConfig, facts: BinhostFacts, client: 
     repos = [repo.name for repo in published_repos(cfg, facts)]
     log_dir = output_dir(run, cfg) / "logs"
     with remote, _reachable(run, cfg, facts, client, remote, mode, repos) as uris:
+        if cfg.signing.enabled:
+            key = signing.load(output_dir(run, cfg) / signing.KEY_FILE)
+            home = client.env.get("BINPKG_GPG_VERIFY_GPG_HOME") or f"{client.eprefix}{cfg.signing.verify_home}"
+            if signing.ensure_trusted(remote, home, key):
+                run.progress.say(f"{client.name}: {home} now trusts the binhost key {key.fingerprint}")
         outcome.configs_written = write_configs(remote, client, repos, uris, cfg.signing.enabled)
         with log.to(log_dir / f"{client.name}-sync.log"):
             _emerge(remote, client, ["--sync"])

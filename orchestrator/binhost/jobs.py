@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..config import BinhostConfig
 from ..errors import ConfigError
 from ..job import JobRun
+from . import signing
 from .clients import saved_facts, update_clients
 from .serve import serve_forever
 from .session import build_system, output_dir
@@ -23,6 +24,9 @@ def check_binhost(cfg: BinhostConfig) -> None:
     for i, client in enumerate(cfg.clients):
         if names.count(client.name) > 1:
             raise ConfigError(f"binhost.clients[{i}].name: {client.name!r} is used twice")
+    if cfg.signing.enabled and cfg.signing.verify_home.rstrip("/") == cfg.signing.gpg_home.rstrip("/"):
+        raise ConfigError("binhost.signing.verify_home: must not be the signing keyring (gpg_home); it is made "
+                          "readable by everyone")
     if not cfg.serve.url_path.startswith("/"):
         raise ConfigError(f"binhost.serve.url_path: must start with /, got {cfg.serve.url_path!r}")
 
@@ -37,6 +41,8 @@ def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[s
     with build_system(run, cfg) as system:
         facts = system.facts()
         system.save_facts(facts)
+        if cfg.signing.enabled:
+            prepare_signing(run, cfg, system)
         ctx = StageContext(system, facts, FingerprintStore(out / "fingerprints.json"))
         try:
             for name in stages:
@@ -46,6 +52,15 @@ def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[s
                 run.report.summary[name] = message
         finally:
             run.report.warnings.extend(ctx.warnings)
+
+
+def prepare_signing(run: JobRun, cfg: BinhostConfig, system) -> None:
+    """quickpkg verifies what it signs: the build system's verify keyring must trust our key."""
+    key = signing.signing_key(system.target, cfg.signing.gpg_home, cfg.signing.key)
+    if signing.ensure_trusted(system.target, cfg.signing.verify_home, key):
+        run.progress.say(f"signing: {cfg.signing.verify_home} now trusts {key.fingerprint}")
+    if not run.dry:
+        signing.save(key, system.out_dir / signing.KEY_FILE)
 
 
 def serve(run: JobRun) -> None:

@@ -70,7 +70,7 @@ class BuildSystem:
         signing = self.cfg.signing
         if signing.enabled:
             env.update(FEATURES="binpkg-signing", BINPKG_GPG_SIGNING_KEY=signing.key,
-                       BINPKG_GPG_SIGNING_GPG_HOME=signing.gpg_home, BINPKG_GPG_VERIFY_GPG_HOME=signing.gpg_home,
+                       BINPKG_GPG_SIGNING_GPG_HOME=signing.gpg_home, BINPKG_GPG_VERIFY_GPG_HOME=signing.verify_home,
                        BINHOST_SIGNED="1")
         if self.in_chroot:
             env.update(PATH=CHROOT_PATH, HOME="/root", TERM="dumb", LANG="C.UTF-8", NOCOLOR="true")

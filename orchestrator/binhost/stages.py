@@ -100,7 +100,10 @@ def index(ctx: StageContext) -> str:
         return f"would rewrite Packages ({state.describe()})"
     after = index_state(pkgdir)
     if not after.current:
-        raise OrchestratorError(f"{pkgdir}/Packages still does not match PKGDIR after emaint: {after.describe()}")
+        unusable = f" ({_short_list(list(after.unlisted), 3)}: broken or partial files Portage skips? remove them)" \
+            if after.unlisted else ""
+        raise OrchestratorError(f"{pkgdir}/Packages still does not match PKGDIR after emaint: "
+                                f"{after.describe()}{unusable}")
     return f"rewrote Packages ({state.describe()}); it lists {after.files} binary packages"
 
 
