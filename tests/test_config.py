@@ -112,12 +112,18 @@ def test_inv_dry_prints_commands(tmp_path):
 
 
 def test_example_site_config_is_valid():
+    from orchestrator.binhost.jobs import check_binhost
+
     import yaml
 
     raw = yaml.safe_load((ROOT / "examples" / "site.yaml").read_text())
     cfg = load_section("backup", raw["backup"])
     assert cfg.directories == ["/root", "/sbin", "/usr", "/var", "/opt", "/lib32", "/lib64", "/etc", "/bin", "/boot"]
     assert cfg.keep_local_sets == 7
+    binhost = load_section("binhost", raw["binhost"])
+    check_binhost(binhost)
+    assert [c.mode for c in binhost.clients] == ["direct", "tunnel", "tarball"]
+    assert binhost.serve.web_group == "apache"
 
 
 @pytest.mark.parametrize("store, message", [
@@ -135,3 +141,23 @@ def test_store_settings_that_only_work_together(store, message):
     with pytest.raises(ConfigError) as err:
         open_store(load_section("backup", {"store": store}).store)
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"clients": [{"name": "a"}]}, "binhost.clients[0].host: required setting is missing"),
+    ({"clients": [{"name": "a", "host": "h", "mode": "ftp"}]},
+     "binhost.clients[0].mode: 'ftp' is not one of 'direct', 'tunnel', 'tarball'"),
+    ({"clients": [{"name": "a", "host": "h"}, {"name": "a", "host": "i"}]}, "binhost.clients[1].name: 'a' is used twice"),
+    ({"clients": [{"name": "a", "host": "h", "env": ["PATH=/bin"]}]}, "binhost.clients[0].env: expected a mapping"),
+    ({"serve": {"rsync_port": 0}}, "binhost.serve.rsync_port: 0 is not a TCP port"),
+    ({"serve": {"url_path": "binpkgs"}}, "binhost.serve.url_path: must start with /"),
+    ({"signing": {"key": "ABCD", "gpg_home": "/k", "verify_home": "/k/"}},
+     "binhost.signing.verify_home: must not be the signing keyring"),
+    ({"quickpkg_jobs": -1}, "binhost.quickpkg_jobs: must not be negative"),
+])
+def test_bad_binhost_settings_are_one_line(raw, message):
+    from orchestrator.binhost.jobs import check_binhost
+
+    with pytest.raises(ConfigError) as caught:
+        check_binhost(load_section("binhost", raw))
+    assert message in str(caught.value) and "\n" not in str(caught.value)

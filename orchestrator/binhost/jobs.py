@@ -20,10 +20,11 @@ def check_binhost(cfg: BinhostConfig) -> None:
     for key, port in (("serve.rsync_port", cfg.serve.rsync_port), ("serve.http_port", cfg.serve.http_port)):
         if not 0 < port < 65536:
             raise ConfigError(f"binhost.{key}: {port} is not a TCP port (1-65535)")
-    names = [client.name for client in cfg.clients]
+    seen: set[str] = set()
     for i, client in enumerate(cfg.clients):
-        if names.count(client.name) > 1:
+        if client.name in seen:
             raise ConfigError(f"binhost.clients[{i}].name: {client.name!r} is used twice")
+        seen.add(client.name)
     if cfg.signing.enabled and cfg.signing.verify_home.rstrip("/") == cfg.signing.gpg_home.rstrip("/"):
         raise ConfigError("binhost.signing.verify_home: must not be the signing keyring (gpg_home); it is made "
                           "readable by everyone")
