@@ -1,0 +1,449 @@
+"""`inv binhost` in chroot mode, end to end, against a real busybox chroot with a FAKE Portage.
+
+A real Gentoo stage3 and Portage cannot live in a busybox root, so the fixture
+puts a fake Portage into a real busybox chroot: ``/usr/bin/python3`` is a shell
+script that answers our two Python probes (``binhost-info``, ``binhost-stale``)
+with fixed JSON, and ``/usr/bin/emerge`` (also ``emaint``, ``egencache``,
+``quickpkg``) is a shell script that logs its argv, its environment and the
+mounts it sees to ``/tmp/emerge.log`` inside the chroot, then behaves as
+``/etc/fake-emerge-mode`` says: ``ok``, ``fail``, ``sleep`` (a long build, for
+signals) or ``daemon`` (leaves a background process behind).
+
+Everything else is real: the job (``orchestrator.binhost.jobs.build`` through
+``orchestrator.job.execute`` or ``inv``), ``ChrootTarget`` with its private
+mount and PID namespaces, its lock and leftover handling, and the scripts from
+``chroot/``, installed into the chroot and run there with ``env -i``. Runs as
+root; every test checks the host's mount table and the processes rooted in the
+chroot itself, and the fixture's teardown fails the test on a leak.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from busybox_root import make_busybox_root
+from orchestrator.binhost.jobs import STAGES, build
+from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
+from test_chroot_target import alive, descendants, host_mounts_under, lock_is_free, rooted_in, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mount namespaces need root"),
+    pytest.mark.timeout(60),
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Applets our chroot/ scripts and the fakes below use, beyond busybox_root.APPLETS.
+EXTRA_APPLETS = ("dirname", "basename", "nproc", "mktemp", "wc", "xargs", "printf", "sort", "sed", "tr")
+EMERGE_LOG = "tmp/emerge.log"
+MODE_FILE = "etc/fake-emerge-mode"
+LEAKED_ENV = {"FEATURES": "evil", "PORTAGE_BINHOST": "evil", "ORCH_TEST_HOST_ONLY": "evil"}
+
+FAKE_PYTHON3 = r"""#!/bin/sh
+# Fake python3: answers our two Portage probes with fixed JSON.
+case "$1" in
+    *binhost-info)
+        echo '{"eroot": "/", "pkgdir": "/var/cache/binpkgs", "binpkg_format": "gpkg", "repos": {"gentoo": "/var/db/repos/gentoo"}}' ;;
+    *binhost-stale)
+        echo '{"installed": 1, "stale": []}' ;;
+    *)
+        echo "fake python3: unexpected $*" >&2
+        exit 1 ;;
+esac
+"""
+
+FAKE_PORTAGE_TOOL = r"""#!/bin/sh
+# Fake emerge/emaint/egencache/quickpkg: log what it was given and saw, then act as the mode file says.
+log=/tmp/emerge.log
+mode=$(cat /etc/fake-emerge-mode 2>/dev/null || echo ok)
+{
+    echo "=== $(basename "$0") pid $$ mode $mode"
+    printf 'argv:'
+    printf ' %s' "$@"
+    echo
+    env | sort | sed 's/^/env: /'
+    if [ -e /proc/self ]; then echo "proc-self: yes"; else echo "proc-self: no"; fi
+    mount 2>&1 | sed 's/^/mount: /'
+    echo "=== end"
+} >> "$log"
+case "$mode" in
+    fail)
+        echo "!!! fake $(basename "$0"): the build failed (mode fail)"
+        exit 1 ;;
+    sleep)
+        echo ">>> Emerging (1 of 1) app-misc/slow-1.0::gentoo"
+        sleep 600 ;;
+    daemon)
+        sleep 1000 </dev/null >/dev/null 2>&1 &
+        echo "started a daemon" ;;
+esac
+case " $* " in
+    *" --sync "*)
+        echo ">>> Syncing repository 'gentoo' into '/var/db/repos/gentoo'..."
+        echo "synced" > /var/db/repos/gentoo/profiles/synced ;;
+    *" @world "*)
+        echo ">>> Emerging (1 of 1) app-misc/fake-1.0::gentoo"
+        echo "quiet line that only goes to the log" ;;
+esac
+exit 0
+"""
+
+
+# --- the fake Portage in a real busybox chroot ----------------------------
+
+
+def make_fake_gentoo(root: Path) -> Path:
+    make_busybox_root(root)
+    for applet in EXTRA_APPLETS:
+        if not os.path.lexists(root / "bin" / applet):
+            (root / "bin" / applet).symlink_to("busybox")
+    usr_bin = root / "usr" / "bin"
+    usr_bin.mkdir(parents=True)
+    (usr_bin / "env").symlink_to("/bin/busybox")
+    for name, text in (("python3", FAKE_PYTHON3), ("emerge", FAKE_PORTAGE_TOOL)):
+        (usr_bin / name).write_text(text)
+        (usr_bin / name).chmod(0o755)
+    for name in ("emaint", "egencache", "quickpkg"):
+        (usr_bin / name).symlink_to("emerge")
+    repo = root / "var" / "db" / "repos" / "gentoo"
+    (repo / "metadata").mkdir(parents=True)
+    (repo / "profiles").mkdir()
+    (repo / "profiles" / "repo_name").write_text("gentoo\n")
+    (repo / "metadata" / "timestamp.chk").write_text("Mon, 01 Jan 2024 00:00:00 +0000\n")
+    pkgdir = root / "var" / "cache" / "binpkgs"
+    pkgdir.mkdir(parents=True)
+    (pkgdir / "Packages").write_text("ARCH: amd64\nVERSION: 0\n\n")
+    (root / MODE_FILE).write_text("ok\n")
+    (root / EMERGE_LOG).write_text("")
+    return root
+
+
+@pytest.fixture
+def gentoo(tmp_path):
+    """The fake Gentoo chroot; teardown kills what is left inside and fails the test on leaks."""
+    root = make_fake_gentoo(tmp_path / "gentoo")
+    yield root
+    leaked_procs = rooted_in(tmp_path)
+    for pid in leaked_procs:
+        os.kill(pid, signal.SIGKILL)
+    leaked_mounts = host_mounts_under(tmp_path)
+    for line in sorted(set(leaked_mounts), reverse=True):
+        subprocess.run(["umount", "--lazy", line.split(": ", 1)[1]], check=False)
+    assert not leaked_procs and not leaked_mounts, f"leaked: {leaked_procs} {leaked_mounts}"
+
+
+@pytest.fixture
+def binhost_site(site, gentoo):
+    site.set("binhost", {"mode": "chroot", "root": str(gentoo)})
+    return site
+
+
+def set_mode(root: Path, mode: str) -> None:
+    (root / MODE_FILE).write_text(mode + "\n")
+
+
+def calls(root: Path) -> list[dict]:
+    """The fake tools' invocations, in order: {"tool", "pid", "argv", "env", "proc_self", "mounts"}."""
+    found = []
+    current = None
+    for line in (root / EMERGE_LOG).read_text().splitlines():
+        if line.startswith("=== end"):
+            found.append(current)
+            current = None
+        elif line.startswith("=== "):
+            words = line.split()  # === emerge pid 12 mode ok
+            current = {"tool": words[1], "pid": int(words[3]), "argv": [], "env": {}, "proc_self": None,
+                       "mounts": {}}
+        elif current is None:
+            continue
+        elif line.startswith("argv:"):
+            current["argv"] = line[len("argv:"):].split()
+        elif line.startswith("env: "):
+            key, _, value = line[len("env: "):].partition("=")
+            current["env"][key] = value
+        elif line.startswith("proc-self: "):
+            current["proc_self"] = line.split(": ", 1)[1] == "yes"
+        elif line.startswith("mount: "):
+            fields = line[len("mount: "):].split()
+            if len(fields) >= 5 and fields[1] == "on":  # busybox: "proc on /proc type proc (rw,...)"
+                current["mounts"][fields[2]] = fields[4]
+    return found
+
+
+def lock_dir(site) -> Path:
+    return site.root / "state" / "locks"
+
+
+def stderr_text(capfd) -> str:
+    return capfd.readouterr().err
+
+
+def nothing_left(root: Path) -> bool:
+    return not rooted_in(root) and not host_mounts_under(root)
+
+
+def installed_scripts(root: Path) -> Path:
+    return root / "usr" / "local" / "libexec" / "gentoo-ec2-orchestrator"
+
+
+def error_line(output: str) -> str:
+    errors = [line for line in output.splitlines() if line.strip().startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0].strip()
+
+
+# --- a real job in a child process (signals, a second holder) -------------
+
+
+def start_inv(site, tmp_path: Path, task: str) -> subprocess.Popen:
+    """``inv -f site.yaml <task>`` from the repository root, as cron or Jenkins runs it."""
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(site.config))
+    return subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), task], cwd=REPO_ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for_slow_emerge(root: Path, child: subprocess.Popen) -> None:
+    """Until the fake emerge (mode sleep) runs inside the chroot, started by ``child``."""
+    def running() -> bool:
+        return "sleep 600" in rooted_in(root).values() or child.poll() is not None
+    assert wait_until(running, timeout=10)
+    if child.poll() is not None:
+        pytest.fail(f"the job ended before emerge was running: {child.returncode}\n{child.stdout.read()}")
+
+
+def stop_child(child: subprocess.Popen, root: Path) -> str:
+    """SIGKILL the job (its namespace holder dies with it) and wait until nothing is left."""
+    if child.poll() is None:
+        child.kill()
+    output, _ = child.communicate(timeout=10)
+    wait_until(lambda: nothing_left(root), timeout=10)
+    return output
+
+
+# --- 1. a full run --------------------------------------------------------
+
+
+def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_site, gentoo, monkeypatch, capfd):
+    for key, value in LEAKED_ENV.items():
+        monkeypatch.setenv(key, value)
+    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    err = stderr_text(capfd)
+    assert code == 0, out + err
+
+    seen = calls(gentoo)
+    assert [c["tool"] for c in seen] == ["emerge", "emerge", "egencache"], seen
+    sync, world, egencache = seen
+    assert sync["argv"] == ["--sync", "--color=n"]
+    assert world["argv"][-1] == "@world"
+    for option in ("--update", "--deep", "--newuse", "--with-bdeps=y", "--buildpkg", "--ask=n", "--keep-going=y"):
+        assert option in world["argv"], world["argv"]
+    assert egencache["argv"][:2] == ["--update", "--repo=gentoo"]
+    for call in seen:
+        # /proc is mounted inside the chroot, in the session's own PID namespace.
+        assert call["proc_self"] is True
+        assert call["mounts"].get("/proc") == "proc" and call["mounts"].get("/sys") == "sysfs"
+        assert "/dev" in call["mounts"] and "/run" in call["mounts"]
+        assert call["pid"] < 1000, "not in a fresh PID namespace: its PIDs would start at 1"
+        env = call["env"]
+        for key in LEAKED_ENV:
+            assert key not in env, f"{key} leaked into the chroot: {env}"
+        assert set(env) - {"PWD", "SHLVL", "_"} == {"PATH", "HOME", "TERM", "LANG", "NOCOLOR", "QUICKPKG_JOBS"}
+        assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    assert "  sync: updated gentoo" in out
+    assert "  world: built 1: app-misc/fake-1.0" in out
+    assert "  package: nothing to do: all 1 installed packages" in out
+    assert "  publish: published gentoo" in out
+    # Notable lines reach the progress stream; the rest only the stage's log.
+    assert ">>> Emerging (1 of 1) app-misc/fake-1.0::gentoo" in err
+    assert "quiet line that only goes to the log" not in out + err
+    world_log = binhost_site.root / "state" / "binhost" / "logs" / "binhost-world.log"
+    assert "quiet line that only goes to the log" in world_log.read_text()
+
+    inside = installed_scripts(gentoo)
+    shipped = sorted(os.listdir(REPO_ROOT / "chroot"))
+    assert sorted(os.listdir(inside)) == shipped == sorted(SCRIPTS)
+    for name in shipped:
+        assert (inside / name).read_bytes() == (REPO_ROOT / "chroot" / name).read_bytes(), name
+        assert os.access(inside / name, os.X_OK), name
+
+    assert host_mounts_under(gentoo) == []
+    assert rooted_in(gentoo) == {}
+    assert lock_is_free(lock_dir(binhost_site))
+    assert list(lock_dir(binhost_site).glob("chroot-*.lock")), "no chroot lock was taken"
+    assert not os.path.lexists(gentoo / "etc" / "resolv.conf")  # the host's copy is gone again
+
+
+# --- 2. a failing step ----------------------------------------------------
+
+
+def test_a_failing_emerge_is_one_error_line_with_the_log_and_the_next_run_works(binhost_site, gentoo, capfd):
+    set_mode(gentoo, "fail")
+    code, out = binhost_site.run("binhost-world", lambda run: build(run, ["world"]))
+    assert code == 1, out
+    log = binhost_site.root / "state" / "binhost" / "logs" / "binhost-world.log"
+    error = error_line(out)
+    assert "binhost-world" in error and str(log) in error, error
+    assert "exited 1" in error and "the build failed (mode fail)" in error, error
+    assert "FAILED" in out.splitlines()[0]
+    text = log.read_text()
+    assert text.startswith("$ /usr/bin/env -i ") and str(INSIDE_DIR / "binhost-world") in text.splitlines()[0]
+    assert "!!! fake emerge: the build failed (mode fail)" in text
+    assert [c["tool"] for c in calls(gentoo)] == ["emerge"]
+    assert host_mounts_under(gentoo) == [] and rooted_in(gentoo) == {}
+    assert lock_is_free(lock_dir(binhost_site))
+
+    set_mode(gentoo, "ok")
+    capfd.readouterr()
+    code, out = binhost_site.run("binhost-world", lambda run: build(run, ["world"]))
+    assert code == 0, out + stderr_text(capfd)
+    assert "  world: built 1: app-misc/fake-1.0" in out
+    assert len(calls(gentoo)) == 2
+    assert nothing_left(gentoo) and lock_is_free(lock_dir(binhost_site))
+
+
+# --- 3. a leftover process ------------------------------------------------
+
+
+def test_a_process_left_behind_by_emerge_is_named_and_ended(binhost_site, gentoo, capfd):
+    set_mode(gentoo, "daemon")
+    code, out = binhost_site.run("binhost-world", lambda run: build(run, ["world"]))
+    text = out + stderr_text(capfd)
+    assert code == 0, text
+    assert [c["tool"] for c in calls(gentoo)] == ["emerge"]
+    found = re.search(r"still running at the end of the session: .*pid (\d+) \(sleep 1000\)", text)
+    assert found, text
+    pid = int(found.group(1))
+    assert re.search(rf"terminating [\d, ]*\b{pid}\b", text), text
+    assert not alive(pid)
+    assert wait_until(lambda: rooted_in(gentoo) == {}), rooted_in(gentoo)
+    assert host_mounts_under(gentoo) == []
+    assert lock_is_free(lock_dir(binhost_site))
+
+
+# --- 4. SIGTERM during a build --------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG orchestrator/run/local.py LocalTarget._stream: SIGTERM raises Interrupted while reading the "
+    "command's output inside `with subprocess.Popen(...)`; Popen.__exit__ then wait()s without a timeout "
+    "for the streamed command (emerge), so the job hangs until emerge ends instead of exiting 130"))
+def test_sigterm_during_world_ends_the_build_and_cleans_up(binhost_site, gentoo, tmp_path):
+    set_mode(gentoo, "sleep")
+    child = start_inv(binhost_site, tmp_path, "binhost.world")
+    try:
+        wait_for_slow_emerge(gentoo, child)
+        assert not lock_is_free(lock_dir(binhost_site))
+        assert host_mounts_under(gentoo) == []  # the session's mounts live in its own namespace
+        child.send_signal(signal.SIGTERM)
+        try:
+            output, _ = child.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within 8 s of SIGTERM; still inside the chroot: {rooted_in(gentoo)}")
+        assert child.returncode == 130, output
+        assert "stopped by SIGTERM" in output
+        assert wait_until(lambda: nothing_left(gentoo)), (rooted_in(gentoo), host_mounts_under(gentoo))
+        assert lock_is_free(lock_dir(binhost_site))
+    finally:
+        stop_child(child, gentoo)
+
+
+# --- 5. a second run on the same chroot -----------------------------------
+
+
+def test_a_second_run_on_the_same_chroot_is_refused(binhost_site, gentoo, tmp_path):
+    set_mode(gentoo, "sleep")
+    child = start_inv(binhost_site, tmp_path, "binhost.world")
+    try:
+        wait_for_slow_emerge(gentoo, child)
+        running = dict(rooted_in(gentoo))
+        set_mode(gentoo, "fail")  # were the second run let in, its emerge fails at once instead of hanging
+        # Another job (its own job lock is free): the chroot's lock must refuse it.
+        code, out = binhost_site.run("binhost-sync", lambda run: build(run, ["sync"]))
+        assert code == 3, out
+        error = error_line(out)
+        assert f"chroot {gentoo} is already running (pid {child.pid} since" in error, error
+        assert "lock file" in error and "chroot-" in error
+        # The refused run touched nothing of the running one.
+        assert rooted_in(gentoo) == running
+        assert [c["tool"] for c in calls(gentoo)] == ["emerge"]
+        assert host_mounts_under(gentoo) == []
+        assert child.poll() is None
+    finally:
+        stop_child(child, gentoo)
+    assert nothing_left(gentoo)
+    assert lock_is_free(lock_dir(binhost_site))
+
+
+# --- 6. bad input and --dry -----------------------------------------------
+
+
+def test_a_root_that_does_not_exist_is_one_line_naming_binhost_root(site, tmp_path):
+    missing = tmp_path / "no-such-chroot"
+    site.set("binhost", {"mode": "chroot", "root": str(missing)})
+    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    assert code == 2, out
+    error = error_line(out)
+    assert "binhost.root" in error and str(missing) in error
+    assert not missing.exists()
+    assert host_mounts_under(tmp_path) == []
+
+
+def test_a_root_without_a_shell_is_refused_before_anything_is_written(site, tmp_path):
+    empty = tmp_path / "empty-chroot"
+    (empty / "etc").mkdir(parents=True)
+    site.set("binhost", {"mode": "chroot", "root": str(empty)})
+    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    assert code == 2, out
+    error = error_line(out)
+    assert str(empty) in error and "bin/sh" in error
+    assert sorted(p.name for p in empty.iterdir()) == ["etc"]  # no mountpoints, no scripts
+    assert host_mounts_under(tmp_path) == []
+    assert lock_is_free(site.root / "state" / "locks")
+
+
+def dry_run_checks(root: Path, code: int, out: str) -> None:
+    assert code == 0, out
+    assert "binhost: OK in " in out and "(dry run)" in out
+    assert f"[dry-run] chroot:{root}: " in out
+    assert f"mount --types proc /proc {root}/proc" in out
+    sync_line = [line for line in out.splitlines() if "[dry-run]" in line and "binhost-sync" in line]
+    world_line = [line for line in out.splitlines() if "[dry-run]" in line and "binhost-world" in line]
+    assert sync_line and world_line, out
+    assert "--keep-going=y" in world_line[0] and "env -i" in world_line[0]
+    assert "  world: would update @world with --buildpkg" in out
+    assert (root / EMERGE_LOG).read_text() == ""  # the fake emerge never ran
+    assert host_mounts_under(root) == [] and rooted_in(root) == {}
+
+
+def test_dry_run_after_a_real_run_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
+    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    assert code == 0, out
+    (gentoo / EMERGE_LOG).write_text("")
+    before = descendants(os.getpid())
+    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    dry_run_checks(gentoo, code, out)
+    assert descendants(os.getpid()) == before
+    assert lock_is_free(lock_dir(binhost_site))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG orchestrator/binhost/session.py build_system/install_scripts: under --dry the scripts are not "
+    "installed, yet jobs.build() probes binhost-info inside the chroot (BuildSystem.facts, mutates=False), "
+    "so `inv --dry binhost` on a chroot without our scripts fails: env: can't execute .../binhost-info"))
+def test_dry_run_on_a_fresh_chroot_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
+    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    try:
+        dry_run_checks(gentoo, code, out)
+    finally:
+        assert not installed_scripts(gentoo).exists()  # dry: nothing written into the chroot
+        assert host_mounts_under(gentoo) == [] and rooted_in(gentoo) == {}
