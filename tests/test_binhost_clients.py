@@ -18,7 +18,7 @@ import pytest
 import portage_lab as lab
 from conftest import Site
 from orchestrator.binhost import jobs
-from orchestrator.binhost.clients import update_clients
+from orchestrator.binhost.jobs import update_clients
 from orchestrator.binhost.facts import BinhostFacts
 from orchestrator.binhost.serve import serving
 from orchestrator.config import load_section
@@ -172,9 +172,11 @@ def test_one_unreachable_instance_does_not_stop_the_others(binlab):
     assert binlab.summary("binhost-clients")["clients"]["good1"]["installed"]
 
 
-def test_unknown_instance_name_is_one_line(binlab):
+def test_unknown_instance_name_or_mode_is_one_line(binlab):
     code, output = binlab.update("nosuch")
     assert code == 2 and "--only: no instance named 'nosuch'" in output
+    code, output = binlab.update(mode="carrier-pigeon")
+    assert code == 2 and "--mode: 'carrier-pigeon' is not one of direct, tunnel, tarball" in output
 
 
 def test_an_update_without_a_binary_is_reported_then_installed_once_built(binlab):

@@ -81,3 +81,37 @@ def test_dry_local_target_prints_and_runs_nothing(tmp_path):
     assert victim.exists()
     assert lines == [f"[dry-run] local: rm -f '{victim}'"]
     assert target.run(["echo", "probe"], mutates=False).stdout == "probe\n", "read-only probes still run"
+
+
+def test_a_streamed_command_is_killed_at_its_timeout():
+    import time
+
+    lines = []
+    target = LocalTarget(echo=lines.append)
+    started = time.monotonic()
+    with pytest.raises(CommandError) as caught:
+        target.run(["sh", "-c", "echo started; exec sleep 30"], stream=True, timeout=1)
+    assert caught.value.returncode == 124 and "timed out after 1 s" in str(caught.value)
+    assert time.monotonic() - started < 10 and lines == ["started"]
+
+
+def test_a_streamed_command_returns_although_a_background_child_holds_its_output():
+    import time
+
+    lines = []
+    started = time.monotonic()
+    result = LocalTarget(echo=lines.append).run(["sh", "-c", "sleep 20 & echo done"], stream=True)
+    assert result.ok and lines == ["done"] and time.monotonic() - started < 10
+    subprocess.run(["pkill", "-f", "^sleep 20$"], check=False)
+
+
+def test_an_interrupted_streamed_command_is_killed_not_waited_for():
+    """Ctrl-C or SIGTERM (raised as an exception while output is read) must not wait for the build."""
+    import time
+
+    target = LocalTarget(echo=lambda line: (_ for _ in ()).throw(KeyboardInterrupt) if line == "go" else None)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        target.run(["sh", "-c", "echo go; exec sleep 30"], stream=True)
+    assert time.monotonic() - started < 10
+    assert subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).returncode == 1, "the child was killed"

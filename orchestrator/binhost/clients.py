@@ -45,6 +45,7 @@ PRETEND = re.compile(r"^\[(ebuild|binary)[^\]]*\]\s+(\S+?)(?:::\S+)?(?:\s|$)")
 NOTABLE = re.compile(r"^(>>> (Emerging|Installing|Syncing|Sync completed)|!!! |\s*\* (ERROR|Messages for)"
                      r"|Action: sync)")
 TARBALL = "binhost.tar.zst"
+MODES = ("direct", "tunnel", "tarball")
 
 
 @dataclass

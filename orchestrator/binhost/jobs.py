@@ -8,7 +8,8 @@ from ..config import BinhostConfig
 from ..errors import ConfigError
 from ..job import JobRun
 from . import signing
-from .clients import saved_facts, update_clients
+from . import clients
+from .clients import saved_facts
 from .serve import serve_forever
 from .session import build_system, output_dir
 from .stages import RUNNERS, STAGE_DOCS, STAGES, StageContext
@@ -62,6 +63,14 @@ def prepare_signing(run: JobRun, cfg: BinhostConfig, system) -> None:
         run.progress.say(f"signing: {cfg.signing.verify_home} now trusts {key.fingerprint}")
     if not run.dry:
         signing.save(key, system.out_dir / signing.KEY_FILE)
+
+
+def update_clients(run: JobRun, only: list[str] | None = None, mode: str | None = None) -> None:
+    """``inv binhost.clients``: settings and ``--mode`` checked before any instance is touched."""
+    check_binhost(run.section("binhost"))
+    if mode is not None and mode not in clients.MODES:
+        raise ConfigError(f"--mode: {mode!r} is not one of {', '.join(clients.MODES)}")
+    clients.update_clients(run, only, mode)
 
 
 def serve(run: JobRun) -> None:

@@ -24,6 +24,7 @@ from ..errors import CommandError, ConfigError, OrchestratorError
 from ..job import JobRun
 from ..lock import held_lock
 from ..run import ChrootTarget, LocalTarget
+from ..run.chroot import checked_root
 from ..run.base import Result, Target
 from .facts import BinhostFacts, RepoFacts
 
@@ -78,33 +79,41 @@ class BuildSystem:
             env.update(PORTAGE_OVERRIDE_EPREFIX=str(self.cfg.root), NOCOLOR="true")
         return env
 
-    def argv(self, script: str, args: Sequence[str]) -> list[str]:
+    def argv(self, script: str, args: Sequence[str], *, from_stdin: bool = False) -> list[str]:
         if not self.in_chroot:
             return [str(SCRIPTS_DIR / script), *args]
         # env -i: the build box's environment (Jenkins' FEATURES, PORTAGE_*) must not leak in.
         assignments = [f"{k}={v}" for k, v in self.environment().items()]
-        return ["/usr/bin/env", "-i", *assignments, str(INSIDE_DIR / script), *args]
+        command = ["python3", "-"] if from_stdin else [str(INSIDE_DIR / script)]
+        return ["/usr/bin/env", "-i", *assignments, *command, *args]
 
     def script(self, name: str, *args: str, stream: bool = False, mutates: bool = True) -> Result:
-        """Run one of our scripts; ``stream`` sends its output to the stage log and notable lines to us."""
-        env = None if self.in_chroot else self.environment()
-        if stream and not (self.target.dry and mutates):
-            return self._streamed(name, args, env, mutates)
-        return self.target.run(self.argv(name, args), env=env, timeout=self.cfg.timeout, mutates=mutates)
+        """Run one of our scripts; ``stream`` sends its output to the stage log and notable lines to us.
 
-    def _streamed(self, name: str, args: Sequence[str], env, mutates: bool) -> Result:
+        A failure names the script (not the ``env -i`` wrapper) and, when streamed, its log.
+        """
+        env = None if self.in_chroot else self.environment()
+        # --dry installs nothing in the chroot: a probe there runs the checkout's copy on stdin.
+        from_stdin = self.in_chroot and self.target.dry and not mutates
+        argv = self.argv(name, args, from_stdin=from_stdin)
+        stdin = (SCRIPTS_DIR / name).read_text() if from_stdin else None
+        log_path = self.log_dir / f"{name}.log" if stream and not (self.target.dry and mutates) else None
+        try:
+            if log_path is None:
+                return self.target.run(argv, env=env, input=stdin, timeout=self.cfg.timeout, mutates=mutates)
+            return self._streamed(argv, log_path, env, mutates)
+        except CommandError as exc:
+            output = exc.output.rstrip() + (f"\n(whole log: {log_path})" if log_path else "")
+            raise CommandError([name, *args], exc.returncode, output, exc.where) from None
+
+    def _streamed(self, argv: list[str], log_path: Path, env, mutates: bool) -> Result:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
         with open(log_path, "w", encoding="utf-8", errors="replace") as log:
-            log.write(f"$ {shlex.join(self.argv(name, args))}\n")
+            log.write(f"$ {shlex.join(argv)}\n")
             self.notable = []
             self._log = log
             try:
-                return self.target.run(self.argv(name, args), env=env, timeout=self.cfg.timeout,
-                                       stream=True, mutates=mutates)
-            except CommandError as exc:
-                raise CommandError(exc.argv, exc.returncode, f"{exc.output} (whole log: {log_path})",
-                                   exc.where) from None
+                return self.target.run(argv, env=env, timeout=self.cfg.timeout, stream=True, mutates=mutates)
             finally:
                 self._log = None
 
@@ -147,18 +156,24 @@ def build_system(run: JobRun, cfg: BinhostConfig) -> Iterator[BuildSystem]:
     def echo(line: str) -> None:
         holder[0].echo(line) if holder else run.echo(line)
 
-    with ExitStack() as stack:
-        if cfg.mode == "chroot":
-            target = stack.enter_context(ChrootTarget(cfg.root, lock_dir=run.general.state_dir / "locks",
-                                                      dry=run.dry, echo=echo))
-            install_scripts(target.root, dry=run.dry, say=run.progress.say)
-        else:
-            if not run.dry:
-                stack.enter_context(held_lock(_prefix_lock(run, cfg), f"binhost prefix {cfg.root}"))
-            target = LocalTarget(dry=run.dry, echo=echo)
-        system = BuildSystem(run, cfg, target, output_dir(run, cfg))
-        holder.append(system)
-        yield system
+    chroot = None
+    try:
+        with ExitStack() as stack:
+            if cfg.mode == "chroot":
+                chroot = ChrootTarget(cfg.root, lock_dir=run.general.state_dir / "locks", dry=run.dry, echo=echo)
+                target = stack.enter_context(chroot)
+                install_scripts(target.root, dry=run.dry, say=run.progress.say)
+            else:
+                if not run.dry:
+                    stack.enter_context(held_lock(_prefix_lock(run, cfg), f"binhost prefix {cfg.root}"))
+                target = LocalTarget(dry=run.dry, echo=echo)
+            system = BuildSystem(run, cfg, target, output_dir(run, cfg))
+            holder.append(system)
+            yield system
+    finally:
+        if chroot is not None and chroot.leftover_processes:
+            run.report.warnings.append("still running in the chroot at the end: "
+                                       + ", ".join(map(str, chroot.leftover_processes)))
 
 
 def check_root(cfg: BinhostConfig) -> None:
@@ -166,7 +181,12 @@ def check_root(cfg: BinhostConfig) -> None:
     if not root.is_dir():
         raise ConfigError(f"binhost.root: {root} is not a directory"
                           + (" (unpack a stage3 there first)" if cfg.mode == "chroot" else ""))
-    if cfg.mode == "prefix" and not (root / "etc" / "portage").is_dir():
+    if cfg.mode == "chroot":
+        try:
+            checked_root(root, need_etc=True)
+        except ConfigError as exc:
+            raise ConfigError(f"binhost.root: {exc}") from None
+    elif not (root / "etc" / "portage").is_dir():
         raise ConfigError(f"binhost.root: {root} has no etc/portage; not a Portage prefix")
 
 
