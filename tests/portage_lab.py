@@ -36,7 +36,13 @@ src_install() {{
 	echo "setting=1" > "${{T}}"/{name}.conf || die
 	insinto /etc
 	doins "${{T}}"/{name}.conf
-}}
+{payload}}}
+"""
+# A payload makes packing cost what it does for real packages (tar, zstd, checksums),
+# not only quickpkg's start-up: base64 of random bytes compresses like binaries do.
+PAYLOAD = """\
+	head -c {raw_bytes} /dev/urandom | base64 > "${{T}}"/payload.txt || die
+	doins "${{T}}"/payload.txt
 """
 
 
@@ -44,7 +50,7 @@ def package_name(index: int) -> str:
     return f"toy{index:02d}"
 
 
-def make_repo(path: Path, *, name: str = "lab", packages: int = 3) -> Path:
+def make_repo(path: Path, *, name: str = "lab", packages: int = 3, payload_kib: int = 0) -> Path:
     """A toy repository: ``app-lab/toy00 .. toyNN``, each at version 1.
 
     Every package after the first depends on ``toy00`` at run time, so the
@@ -60,7 +66,7 @@ def make_repo(path: Path, *, name: str = "lab", packages: int = 3) -> Path:
     (profile / "eapi").write_text("8\n")
     (profile / "make.defaults").write_text('ARCH="amd64"\nACCEPT_KEYWORDS="amd64"\nCHOST="x86_64-pc-linux-gnu"\n')
     for index in range(packages):
-        write_ebuild(path, index, "1")
+        write_ebuild(path, index, "1", payload_kib)
     stamp(path)
     return path
 
@@ -76,19 +82,20 @@ def stamp(repo: Path) -> None:
     chk.write_text(time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when)) + "\n")
 
 
-def bump(repo: Path, index: int, version: str = "2") -> Path:
+def bump(repo: Path, index: int, version: str = "2", payload_kib: int = 0) -> Path:
     """A new upstream version of one package, published with a new timestamp."""
-    ebuild = write_ebuild(repo, index, version)
+    ebuild = write_ebuild(repo, index, version, payload_kib)
     stamp(repo)
     return ebuild
 
 
-def write_ebuild(repo: Path, index: int, version: str) -> Path:
+def write_ebuild(repo: Path, index: int, version: str, payload_kib: int = 0) -> Path:
     name = package_name(index)
     depend = f'RDEPEND="{CATEGORY}/{package_name(0)}"\n' if index else ""
     ebuild = repo / CATEGORY / name / f"{name}-{version}.ebuild"
     ebuild.parent.mkdir(parents=True, exist_ok=True)
-    ebuild.write_text(EBUILD.format(name=name, depend=depend))
+    payload = PAYLOAD.format(raw_bytes=payload_kib * 768) if payload_kib else ""  # base64 grows 4/3
+    ebuild.write_text(EBUILD.format(name=name, depend=depend, payload=payload))
     return ebuild
 
 
