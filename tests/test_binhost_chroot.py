@@ -32,7 +32,8 @@ import yaml
 from busybox_root import make_busybox_root
 from orchestrator.binhost.jobs import STAGES, build
 from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
-from test_chroot_target import alive, descendants, host_mounts_under, lock_is_free, rooted_in, wait_until
+from test_chroot_target import (alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in,
+                               wait_until)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mount namespaces need root"),
@@ -135,13 +136,7 @@ def gentoo(tmp_path):
     """The fake Gentoo chroot; teardown kills what is left inside and fails the test on leaks."""
     root = make_fake_gentoo(tmp_path / "gentoo")
     yield root
-    leaked_procs = rooted_in(tmp_path)
-    for pid in leaked_procs:
-        os.kill(pid, signal.SIGKILL)
-    leaked_mounts = host_mounts_under(tmp_path)
-    for line in sorted(set(leaked_mounts), reverse=True):
-        subprocess.run(["umount", "--lazy", line.split(": ", 1)[1]], check=False)
-    assert not leaked_procs and not leaked_mounts, f"leaked: {leaked_procs} {leaked_mounts}"
+    assert_nothing_leaked(tmp_path)
 
 
 @pytest.fixture

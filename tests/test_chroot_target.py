@@ -115,12 +115,8 @@ def nothing_left(root: Path, pids=()) -> bool:
 # --- fixtures -------------------------------------------------------------
 
 
-@pytest.fixture
-def root(tmp_path):
-    """A busybox rootfs; teardown kills what is left inside and fails the test on leaks."""
-    path = make_busybox_root(tmp_path / "root")
-    (path / "etc" / "resolv.conf").write_text(CHROOT_RESOLV)
-    yield path
+def assert_nothing_leaked(tmp_path: Path) -> None:
+    """Kill and unmount whatever a test left under ``tmp_path``, then fail if there was any."""
     leaked_procs = rooted_in(tmp_path)
     for pid in leaked_procs:
         os.kill(pid, signal.SIGKILL)
@@ -128,6 +124,15 @@ def root(tmp_path):
     for line in sorted(set(leaked_mounts), reverse=True):
         subprocess.run(["umount", "--lazy", line.split(": ", 1)[1]], check=False)
     assert not leaked_procs and not leaked_mounts, f"leaked: {leaked_procs} {leaked_mounts}"
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A busybox rootfs; teardown kills what is left inside and fails the test on leaks."""
+    path = make_busybox_root(tmp_path / "root")
+    (path / "etc" / "resolv.conf").write_text(CHROOT_RESOLV)
+    yield path
+    assert_nothing_leaked(tmp_path)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import BinhostConfig, ClientConfig
-from ..errors import ConfigError, OrchestratorError
+from ..errors import CommandError, ConfigError, OrchestratorError
 from ..job import JobRun
 from ..portage_conf import (ClientUris, legacy_make_conf_block, merge_make_conf, render_client_configs,
                             validate_make_conf)
@@ -121,19 +121,21 @@ def update_client(run: JobRun, cfg: BinhostConfig, facts: BinhostFacts, client: 
     log_dir = output_dir(run, cfg) / "logs"
     with remote, _reachable(run, cfg, facts, client, remote, mode, repos) as uris:
         if cfg.signing.enabled:
-            key = signing.load(output_dir(run, cfg) / signing.KEY_FILE)
-            home = client.env.get("BINPKG_GPG_VERIFY_GPG_HOME") or f"{client.eprefix}{cfg.signing.verify_home}"
-            if signing.ensure_trusted(remote, home, key):
-                run.progress.say(f"{client.name}: {home} now trusts the binhost key {key.fingerprint}")
+            _trust_binhost_key(run, cfg, client, remote)
         outcome.configs_written = write_configs(remote, client, repos, uris, cfg.signing.enabled)
-        with log.to(log_dir / f"{client.name}-sync.log"):
-            _emerge(remote, client, ["--sync"])
-        with log.to(log_dir / f"{client.name}-update.log"):
-            _emerge(remote, client, ["--ask=n", "--verbose", "--update", "--deep", "--newuse",
-                                     "--getbinpkgonly", "--usepkgonly", "@world"])
-            outcome.installed = [m.group(1) for line in log.lines if (m := INSTALLED.match(line))]
+        _emerge(remote, client, ["--sync"], log, log_dir / f"{client.name}-sync.log")
+        _emerge(remote, client, ["--ask=n", "--verbose", "--update", "--deep", "--newuse", "--getbinpkgonly",
+                                 "--usepkgonly", "@world"], log, log_dir / f"{client.name}-update.log")
+        outcome.installed = [m.group(1) for line in log.lines if (m := INSTALLED.match(line))]
         outcome.skipped = still_outdated(remote, client)
     return outcome
+
+
+def _trust_binhost_key(run: JobRun, cfg: BinhostConfig, client: ClientConfig, remote: RemoteTarget) -> None:
+    key = signing.load(output_dir(run, cfg) / signing.KEY_FILE)
+    home = client.env.get("BINPKG_GPG_VERIFY_GPG_HOME") or f"{client.eprefix}{cfg.signing.verify_home}"
+    if signing.ensure_trusted(remote, home, key):
+        run.progress.say(f"{client.name}: {home} now trusts the binhost key {key.fingerprint}")
 
 
 def still_outdated(remote: RemoteTarget, client: ClientConfig) -> list[str]:
@@ -145,8 +147,14 @@ def still_outdated(remote: RemoteTarget, client: ClientConfig) -> list[str]:
     return [m.group(2) for line in result.stdout.splitlines() if (m := PRETEND.match(line.strip()))]
 
 
-def _emerge(remote: RemoteTarget, client: ClientConfig, args: list[str]) -> None:
-    remote.run(["emerge", "--color=n", *args], env=client.env or None, timeout=client.timeout, stream=True)
+def _emerge(remote: RemoteTarget, client: ClientConfig, args: list[str], log: StreamLog, path: Path) -> None:
+    """emerge on the instance, its whole output in ``path``; a failure names that file."""
+    with log.to(path):
+        try:
+            remote.run(["emerge", "--color=n", *args], env=client.env or None, timeout=client.timeout, stream=True)
+        except CommandError as exc:
+            raise CommandError(exc.argv, exc.returncode, f"{exc.output.rstrip()}\n(whole log: {path})",
+                               exc.where) from None
 
 
 # --- configuration files on the instance ----------------------------------

@@ -27,6 +27,7 @@ from ..run import ChrootTarget, LocalTarget
 from ..run.chroot import checked_root
 from ..run.base import Result, Target
 from .facts import BinhostFacts, RepoFacts
+from .streamlog import StreamLog
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "chroot"
 INSIDE_DIR = PurePosixPath("/usr/local/libexec/gentoo-ec2-orchestrator")
@@ -46,14 +47,13 @@ def output_dir(run: JobRun, cfg: BinhostConfig) -> Path:
 class BuildSystem:
     """Runs our ``chroot/`` scripts in the build system and maps its paths to the build box."""
 
-    def __init__(self, run: JobRun, cfg: BinhostConfig, target: Target, out_dir: Path):
+    def __init__(self, run: JobRun, cfg: BinhostConfig, target: Target, out_dir: Path, log: StreamLog):
         self.run = run
         self.cfg = cfg
         self.target = target
         self.out_dir = out_dir
         self.log_dir = out_dir / "logs"
-        self.notable: list[str] = []  # notable lines of the last streamed script
-        self._log = None
+        self.log = log  # the target's echo; .lines: the notable lines of the last streamed script
 
     @property
     def in_chroot(self) -> bool:
@@ -107,25 +107,8 @@ class BuildSystem:
             raise CommandError([name, *args], exc.returncode, output, exc.where) from None
 
     def _streamed(self, argv: list[str], log_path: Path, env, mutates: bool) -> Result:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w", encoding="utf-8", errors="replace") as log:
-            log.write(f"$ {shlex.join(argv)}\n")
-            self.notable = []
-            self._log = log
-            try:
-                return self.target.run(argv, env=env, timeout=self.cfg.timeout, stream=True, mutates=mutates)
-            finally:
-                self._log = None
-
-    def echo(self, line: str) -> None:
-        """The target's echo: streamed output is logged whole and shown in part."""
-        if self._log is None:
-            self.run.echo(line)
-            return
-        self._log.write(line + "\n")
-        if NOTABLE.match(line):
-            self.notable.append(line)
-            self.run.progress.say(line.strip())
+        with self.log.to(log_path, header=f"$ {shlex.join(argv)}\n"):
+            return self.target.run(argv, env=env, timeout=self.cfg.timeout, stream=True, mutates=mutates)
 
     def probe_json(self, name: str, *args: str) -> dict:
         result = self.script(name, *args, mutates=False)
@@ -151,25 +134,19 @@ class BuildSystem:
 def build_system(run: JobRun, cfg: BinhostConfig) -> Iterator[BuildSystem]:
     """Open the build system for one job; everything is undone on the way out."""
     check_root(cfg)
-    holder: list[BuildSystem] = []
-
-    def echo(line: str) -> None:
-        holder[0].echo(line) if holder else run.echo(line)
-
+    log = StreamLog(run, NOTABLE)
     chroot = None
     try:
         with ExitStack() as stack:
             if cfg.mode == "chroot":
-                chroot = ChrootTarget(cfg.root, lock_dir=run.general.state_dir / "locks", dry=run.dry, echo=echo)
+                chroot = ChrootTarget(cfg.root, lock_dir=run.general.state_dir / "locks", dry=run.dry, echo=log)
                 target = stack.enter_context(chroot)
                 install_scripts(target.root, dry=run.dry, say=run.progress.say)
             else:
                 if not run.dry:
                     stack.enter_context(held_lock(_prefix_lock(run, cfg), f"binhost prefix {cfg.root}"))
-                target = LocalTarget(dry=run.dry, echo=echo)
-            system = BuildSystem(run, cfg, target, output_dir(run, cfg))
-            holder.append(system)
-            yield system
+                target = LocalTarget(dry=run.dry, echo=log)
+            yield BuildSystem(run, cfg, target, output_dir(run, cfg), log)
     finally:
         if chroot is not None and chroot.leftover_processes:
             run.report.warnings.append("still running in the chroot at the end: "

@@ -66,7 +66,7 @@ def world(ctx: StageContext) -> str:
     ctx.system.script("binhost-world", *ctx.system.cfg.emerge_options, stream=True)
     if ctx.dry:
         return "would update @world with --buildpkg"
-    built = [m.group(1) for line in ctx.system.notable if (m := EMERGING.match(line))]
+    built = [m.group(1) for line in ctx.system.log.lines if (m := EMERGING.match(line))]
     if not built:
         return "nothing to do: @world is up to date"
     return f"built {len(built)}: {_short_list(built)}"

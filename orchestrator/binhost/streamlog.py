@@ -23,9 +23,10 @@ class StreamLog:
         self._file = None
 
     @contextmanager
-    def to(self, path: Path) -> Iterator[StreamLog]:
+    def to(self, path: Path, header: str = "") -> Iterator[StreamLog]:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8", errors="replace") as handle:
+            handle.write(header)
             self.lines = []
             self._file = handle
             try:
