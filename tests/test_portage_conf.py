@@ -29,8 +29,8 @@ from orchestrator.portage_conf import (
 CLIENT = ClientConfig(name="web1", host="10.0.0.5")
 URIS = ClientUris({"gentoo": "rsync://binhost.internal/gentoo", "lab": "rsync://binhost.internal:8873/lab"},
                   "http://binhost.internal/binpkgs")
-REPOS_PATH = "/etc/portage/repos.conf/gentoo-ec2-orchestrator.conf"
-BINREPOS_PATH = "/etc/portage/binrepos.conf/gentoo-ec2-orchestrator.conf"
+REPOS_PATH = "/etc/portage/repos.conf/zz-gentoo-ec2-orchestrator.conf"
+BINREPOS_PATH = "/etc/portage/binrepos.conf/zz-gentoo-ec2-orchestrator.conf"
 
 
 def render(repos=("lab", "gentoo"), uris=URIS, client=CLIENT, verify_signature=False) -> dict[str, str]:
@@ -66,9 +66,9 @@ def test_main_repo_is_gentoo_when_published_else_the_first():
 def test_eprefix_goes_into_paths_and_locations():
     client = ClientConfig(name="prefixed", host="h", eprefix="/opt/gentoo/")
     files = render(client=client)
-    repos_path = "/opt/gentoo/etc/portage/repos.conf/gentoo-ec2-orchestrator.conf"
+    repos_path = "/opt/gentoo/etc/portage/repos.conf/zz-gentoo-ec2-orchestrator.conf"
     assert repos_path in files
-    assert "/opt/gentoo/etc/portage/binrepos.conf/gentoo-ec2-orchestrator.conf" in files
+    assert "/opt/gentoo/etc/portage/binrepos.conf/zz-gentoo-ec2-orchestrator.conf" in files
     assert validate_repos_conf(files[repos_path], repos_path)["gentoo"]["location"] == "/opt/gentoo/var/db/repos/gentoo"
 
     with pytest.raises(ConfigError, match=r"binhost\.clients\[bad\]\.eprefix"):
