@@ -10,6 +10,7 @@ egencache. The chroot side is tested in test_binhost_chroot.py.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 from pathlib import Path
@@ -180,3 +181,18 @@ def test_bad_settings_are_one_line_naming_the_key(binhost, setting, value, messa
     code, output = binhost.run("binhost", lambda run: jobs.build(run))
     assert code == 2 and message in output
     assert not binhost.tree.exists(), "nothing ran"
+
+
+def test_a_mirror_tree_with_its_own_cache_is_served_as_synced(binhost):
+    """Gentoo's rsync mirrors ship metadata/md5-cache under signed Manifests: we must not rewrite it."""
+    build(binhost)
+    shutil.copytree(binhost.tree / "metadata/md5-cache", binhost.upstream / "metadata/md5-cache")
+    lab.stamp(binhost.upstream)
+    publish_log = binhost.root / "state/binhost/logs/binhost-publish.log"
+    log_before = publish_log.stat().st_mtime_ns
+    summary = build(binhost, ["sync", "publish"])
+    assert summary["publish"] == "published lab (as synced: the mirror's cache and timestamp)"
+    assert publish_log.stat().st_mtime_ns == log_before, "egencache did not run"
+    assert (binhost.tree / "metadata/timestamp.chk").read_text() == (
+        binhost.upstream / "metadata/timestamp.chk").read_text()
+    assert build(binhost, ["sync", "publish"])["publish"] == "nothing to do: lab unchanged since last published"

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from ..config import BinhostConfig
 from ..errors import ConfigError
 from ..job import JobRun
-from . import signing
-from . import clients
+from . import clients, signing
 from .clients import saved_facts
 from .serve import serve_forever
-from .session import build_system, output_dir
+from .session import BuildSystem, build_system, output_dir
 from .stages import RUNNERS, STAGE_DOCS, STAGES, StageContext
 from .tree import FingerprintStore
 
@@ -56,7 +55,7 @@ def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[s
             run.report.warnings.extend(ctx.warnings)
 
 
-def prepare_signing(run: JobRun, cfg: BinhostConfig, system) -> None:
+def prepare_signing(run: JobRun, cfg: BinhostConfig, system: BuildSystem) -> None:
     """quickpkg verifies what it signs: the build system's verify keyring must trust our key."""
     key = signing.signing_key(system.target, cfg.signing.gpg_home, cfg.signing.key)
     if signing.ensure_trusted(system.target, cfg.signing.verify_home, key):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError, OrchestratorError
 from ..portage_conf import render_client_configs
 from .clients import planned_uris
-from .exposure import render_exposure, write_rendered
+from .exposure import published_repos, render_exposure, write_rendered
 from .facts import BinhostFacts, RepoFacts
 from .session import BuildSystem
 from .tree import FingerprintStore, index_state, tree_fingerprint, unreadable_by_others, wrong_owner
@@ -36,7 +36,6 @@ class StageContext:
     system: BuildSystem
     facts: BinhostFacts
     fingerprints: FingerprintStore
-    outcomes: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def refresh_facts(self) -> None:
@@ -48,8 +47,7 @@ class StageContext:
         return self.system.target.dry
 
     def published(self) -> list[RepoFacts]:
-        names = self.system.cfg.repos
-        return [self.facts.repo(name) for name in names] if names else list(self.facts.repos)
+        return published_repos(self.system.cfg, self.facts)
 
 
 def sync(ctx: StageContext) -> str:
@@ -108,13 +106,21 @@ def index(ctx: StageContext) -> str:
 
 
 def publish(ctx: StageContext) -> str:
-    """Trees that came with a mirror's timestamp keep it; others get ours."""
+    """Make each changed tree servable over rsync: a metadata cache and metadata/timestamp.chk.
+
+    A tree synced from a mirror with its cache is served as it came: its Manifests
+    (verified by clients' gemato) cover metadata/, and its timestamp must stay the
+    mirror's, or the next sync fails with "SERVER OUT OF DATE". A mirrored tree
+    without a cache gets one and keeps the timestamp; any other tree gets both.
+    """
     stale = [repo for repo in ctx.published() if not _published(ctx, repo)]
     if not stale:
         return "nothing to do: " + ", ".join(r.name for r in ctx.published()) + " unchanged since last published"
     mirrored = [repo for repo in stale if _mirror_stamp(ctx, repo)]
+    as_synced = [repo for repo in mirrored if (repo.host_path / "metadata" / "md5-cache").is_dir()]
+    cache_only = [repo for repo in mirrored if repo not in as_synced]
     ours = [repo for repo in stale if repo not in mirrored]
-    for group, args in ((mirrored, ["--keep-timestamp"]), (ours, [])):
+    for group, args in ((cache_only, ["--keep-timestamp"]), (ours, [])):
         if group:
             ctx.system.script("binhost-publish", *args, *[repo.name for repo in group], stream=True)
     if ctx.dry:
@@ -126,7 +132,8 @@ def publish(ctx: StageContext) -> str:
         if repo in ours:
             ctx.fingerprints.put(_stamp_key(repo), chk.read_text())
         ctx.fingerprints.put(_publish_key(repo), tree_fingerprint(repo.host_path))
-    notes = [f"{r.name} (metadata cache, mirror's timestamp kept)" for r in mirrored]
+    notes = [f"{r.name} (as synced: the mirror's cache and timestamp)" for r in as_synced]
+    notes += [f"{r.name} (metadata cache, mirror's timestamp kept)" for r in cache_only]
     notes += [f"{r.name} (metadata cache, new timestamp.chk)" for r in ours]
     return "published " + ", ".join(notes)
 
