@@ -58,8 +58,8 @@ class Lab:
             c for c in self.site.config["binhost"]["clients"] if c["name"] != name] + [client]
         return prefix
 
-    def update(self, *only: str, mode: str | None = None) -> tuple[int, str]:
-        return self.site.run("binhost-clients", lambda run: update_clients(run, list(only), mode))
+    def update(self, *only: str, mode: str | None = None, dry: bool = False) -> tuple[int, str]:
+        return self.site.run("binhost-clients", lambda run: update_clients(run, list(only), mode), dry=dry)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,20 @@ def test_one_unreachable_instance_does_not_stop_the_others(binlab):
     assert code == 1
     assert "1 of 2 instance(s) failed: gone1: ssh root@127.0.0.1" in output and "refused" in output.lower()
     assert binlab.summary("binhost-clients")["clients"]["good1"]["installed"]
+
+
+@pytest.mark.parametrize("mode", ["direct", "tunnel", "tarball"])
+def test_dry_run_prints_the_plan_and_changes_nothing_on_the_instance(binlab, mode, tmp_path):
+    name = f"dry{mode}"
+    prefix = binlab.instance(name, mode=mode, staging_dir=str(tmp_path / "staging"),
+                             tunnel_rsync_port=free_port(), tunnel_http_port=free_port())
+    before = sorted(p for p in prefix.eprefix.rglob("*"))
+    code, output = binlab.update(name, dry=True)
+    assert code == 0, output
+    assert "emerge --color=n --sync" in output, output
+    assert "--getbinpkgonly --usepkgonly @world" in output and "would write 2 config file(s)" in output
+    assert sorted(p for p in prefix.eprefix.rglob("*")) == before and prefix.installed() == {}
+    assert not (tmp_path / "staging").exists()
 
 
 def test_unknown_instance_name_or_mode_is_one_line(binlab):

@@ -52,6 +52,7 @@ MODES = ("direct", "tunnel", "tarball")
 class ClientOutcome:
     name: str
     mode: str
+    dry: bool = False
     configs_written: list[str] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -63,7 +64,8 @@ class ClientOutcome:
         text += f"; no binary package for {len(self.skipped)}"
         if self.skipped:
             text += f" ({', '.join(self.skipped)})"
-        configs = f"{len(self.configs_written)} config file(s) written" if self.configs_written else "configs unchanged"
+        written = "would write" if self.dry else "wrote"
+        configs = f"{written} {len(self.configs_written)} config file(s)" if self.configs_written else "configs unchanged"
         return f"{text}; {configs}"
 
 
@@ -112,7 +114,7 @@ def saved_facts(run: JobRun, cfg: BinhostConfig) -> BinhostFacts:
 
 def update_client(run: JobRun, cfg: BinhostConfig, facts: BinhostFacts, client: ClientConfig,
                   mode: str) -> ClientOutcome:
-    outcome = ClientOutcome(client.name, mode)
+    outcome = ClientOutcome(client.name, mode, run.dry)
     log = StreamLog(run, NOTABLE, prefix=f"{client.name}: ")
     remote = RemoteTarget(client.host, user=client.user, port=client.port, key_filename=client.key_filename,
                           connect_timeout=client.connect_timeout, known_hosts=client.known_hosts,
@@ -149,9 +151,13 @@ def still_outdated(remote: RemoteTarget, client: ClientConfig) -> list[str]:
 
 def _emerge(remote: RemoteTarget, client: ClientConfig, args: list[str], log: StreamLog, path: Path) -> None:
     """emerge on the instance, its whole output in ``path``; a failure names that file."""
+    argv = ["emerge", "--color=n", *args]
+    if remote.dry:
+        remote.run(argv, env=client.env or None)  # printed, not run; no log file
+        return
     with log.to(path):
         try:
-            remote.run(["emerge", "--color=n", *args], env=client.env or None, timeout=client.timeout, stream=True)
+            remote.run(argv, env=client.env or None, timeout=client.timeout, stream=True)
         except CommandError as exc:
             raise CommandError(exc.argv, exc.returncode, f"{exc.output.rstrip()}\n(whole log: {path})",
                                exc.where) from None
