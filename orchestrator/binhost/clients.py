@@ -31,8 +31,7 @@ from pathlib import Path
 from ..config import BinhostConfig, ClientConfig
 from ..errors import CommandError, ConfigError, OrchestratorError
 from ..job import JobRun
-from ..portage_conf import (ClientUris, legacy_make_conf_block, merge_make_conf, render_client_configs,
-                            validate_make_conf)
+from ..portage_conf import ClientUris, legacy_make_conf_block, merge_make_conf, render_client_configs
 from ..run import RemoteTarget
 from . import signing
 from .exposure import published_repos, url_path
@@ -64,9 +63,9 @@ class ClientOutcome:
         text += f"; no binary package for {len(self.skipped)}"
         if self.skipped:
             text += f" ({', '.join(self.skipped)})"
-        written = "would write" if self.dry else "wrote"
-        configs = f"{written} {len(self.configs_written)} config file(s)" if self.configs_written else "configs unchanged"
-        return f"{text}; {configs}"
+        if not self.configs_written:
+            return f"{text}; configs unchanged"
+        return f"{text}; {'would write' if self.dry else 'wrote'} {len(self.configs_written)} config file(s)"
 
 
 def update_clients(run: JobRun, only: list[str] | None = None, mode: str | None = None) -> None:
@@ -170,13 +169,12 @@ def write_configs(remote: RemoteTarget, client: ClientConfig, repos: list[str], 
                   signed: bool) -> list[str]:
     """Write what differs; every file is validated first and replaced atomically. Returns paths written."""
     files = render_client_configs(client, repos, uris, verify_signature=signed)
+    current = {path: _read_remote(remote, path) for path in files}
     if client.legacy_make_conf:
         make_conf = f"{client.eprefix}/etc/portage/make.conf"
-        merged = merge_make_conf(_read_remote(remote, make_conf) or "", legacy_make_conf_block(uris, repos),
-                                 make_conf)
-        validate_make_conf(merged, make_conf)
-        files[make_conf] = merged
-    return [path for path, text in files.items() if _replace_remote(remote, path, text)]
+        current[make_conf] = _read_remote(remote, make_conf)
+        files[make_conf] = merge_make_conf(current[make_conf] or "", legacy_make_conf_block(uris, repos), make_conf)
+    return [path for path, text in files.items() if _replace_remote(remote, path, text, current[path])]
 
 
 def _read_remote(remote: RemoteTarget, path: str) -> str | None:
@@ -189,12 +187,10 @@ def _read_remote(remote: RemoteTarget, path: str) -> str | None:
     return None
 
 
-def _replace_remote(remote: RemoteTarget, path: str, text: str) -> bool:
-    """Replace ``path`` with ``text`` unless equal; the old file is kept as ``.<name>.previous``.
-
-    The saved copy starts with a dot: Portage skips such files in its .conf directories.
+def _replace_remote(remote: RemoteTarget, path: str, text: str, current: str | None) -> bool:
+    """Replace ``path`` (now ``current``, None if absent) with ``text`` unless equal; the old
+    file is kept as ``.<name>.previous``, a dot file, which Portage skips in its .conf directories.
     """
-    current = _read_remote(remote, path)
     if current == text:
         return False
     directory = posixpath.dirname(path)

@@ -37,6 +37,7 @@ class StageContext:
     facts: BinhostFacts
     fingerprints: FingerprintStore
     warnings: list[str] = field(default_factory=list)
+    tree_prints: dict[str, str] = field(default_factory=dict)  # no stage after sync changes a tree but publish
 
     def refresh_facts(self) -> None:
         self.facts = self.system.facts()
@@ -46,17 +47,23 @@ class StageContext:
     def dry(self) -> bool:
         return self.system.target.dry
 
+    def fingerprint(self, repo: RepoFacts, *, fresh: bool = False) -> str:
+        """The tree's fingerprint, walked once per run unless ``fresh`` (a stage just changed it)."""
+        if fresh or repo.name not in self.tree_prints:
+            self.tree_prints[repo.name] = tree_fingerprint(repo.host_path) if repo.host_path.exists() else ""
+        return self.tree_prints[repo.name]
+
     def published(self) -> list[RepoFacts]:
         return published_repos(self.system.cfg, self.facts)
 
 
 def sync(ctx: StageContext) -> str:
-    before = {repo.name: _fingerprint(repo) for repo in ctx.facts.repos}
+    before = {repo.name: ctx.fingerprint(repo, fresh=True) for repo in ctx.facts.repos}
     ctx.system.script("binhost-sync", stream=True)
     if ctx.dry:
         return "would sync every repository with a sync-uri"
     ctx.refresh_facts()  # a first sync creates trees Portage did not list before
-    changed = [repo.name for repo in ctx.facts.repos if _fingerprint(repo) != before.get(repo.name)]
+    changed = [repo.name for repo in ctx.facts.repos if ctx.fingerprint(repo, fresh=True) != before.get(repo.name)]
     return f"updated {', '.join(changed)}" if changed else "nothing new: every tree is as it was"
 
 
@@ -131,7 +138,7 @@ def publish(ctx: StageContext) -> str:
             raise OrchestratorError(f"egencache wrote no metadata/timestamp.chk in {repo.host_path}")
         if repo in ours:
             ctx.fingerprints.put(_stamp_key(repo), chk.read_text())
-        ctx.fingerprints.put(_publish_key(repo), tree_fingerprint(repo.host_path))
+        ctx.fingerprints.put(_publish_key(repo), ctx.fingerprint(repo, fresh=True))
     notes = [f"{r.name} (as synced: the mirror's cache and timestamp)" for r in as_synced]
     notes += [f"{r.name} (metadata cache, mirror's timestamp kept)" for r in cache_only]
     notes += [f"{r.name} (metadata cache, new timestamp.chk)" for r in ours]
@@ -200,10 +207,6 @@ RUNNERS: dict[str, Callable[[StageContext], str]] = {
 }
 
 
-def _fingerprint(repo: RepoFacts) -> str:
-    return tree_fingerprint(repo.host_path) if repo.host_path.exists() else ""
-
-
 def _publish_key(repo: RepoFacts) -> str:
     return f"published:{repo.name}:{repo.host_path}"
 
@@ -215,7 +218,7 @@ def _stamp_key(repo: RepoFacts) -> str:
 def _published(ctx: StageContext, repo: RepoFacts) -> bool:
     if not (repo.host_path / "metadata" / "timestamp.chk").is_file():
         return False
-    return ctx.fingerprints.get(_publish_key(repo)) == _fingerprint(repo)
+    return ctx.fingerprints.get(_publish_key(repo)) == ctx.fingerprint(repo)
 
 
 def _ids(user: str, group: str) -> tuple[int, int]:
