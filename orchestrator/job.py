@@ -12,6 +12,7 @@ from typing import Any
 from invoke.exceptions import Exit
 
 from .config import GeneralConfig, from_invoke
+from .faults import crash_point
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, OrchestratorError
 from .lock import held_lock
 from .progress import Progress
@@ -69,6 +70,7 @@ def execute(config: Any, job: str, body: Callable[[JobRun], None], *, locked: bo
         traceback.print_exc()
         code, error = EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc}"
     report.finish(code, error)
+    crash_point("report")
     if reports_dir is not None and not dry:
         try:
             report.summary["report"] = str(report.write(reports_dir))

@@ -196,7 +196,7 @@ def test_catalog_from_a_newer_schema_is_refused_and_untouched(site):
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     before = db.read_bytes()
     code, out = site.backup()
-    assert code == 1 and "schema v99, newer than this tool's v2" in out
+    assert code == 1 and "schema v99, newer than this tool's v3" in out
     assert db.read_bytes() == before
 
 
@@ -212,6 +212,6 @@ def test_catalog_v1_is_migrated_in_place_and_keeps_its_sets(site, tmp_path):
     code, out = site.restore(tmp_path / "r")
     assert code == 0, out
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(parts)")}
     assert {"leaves", "upload_id"} <= columns

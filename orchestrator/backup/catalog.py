@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS sets (
     created REAL NOT NULL,
     finished REAL,
     manifest_id TEXT,
-    error TEXT
+    error TEXT,
+    verified REAL
 );
 CREATE TABLE IF NOT EXISTS set_dirs (
     set_id TEXT NOT NULL REFERENCES sets(id) ON DELETE CASCADE,
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS set_dirs (
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done')),
     tar_rc INTEGER,
     bytes_in INTEGER,
+    entries INTEGER,
     PRIMARY KEY (set_id, slug)
 );
 CREATE TABLE IF NOT EXISTS parts (
@@ -70,6 +72,25 @@ CREATE TABLE IF NOT EXISTS retrievals (
     requested REAL NOT NULL,
     eta_hours REAL,
     PRIMARY KEY (store, archive_id)
+);
+CREATE TABLE IF NOT EXISTS files (
+    set_id TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    path BLOB NOT NULL,
+    type TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT,
+    link BLOB,
+    keep BLOB,
+    PRIMARY KEY (set_id, slug, path),
+    FOREIGN KEY (set_id, slug) REFERENCES set_dirs(set_id, slug) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_deletes (
+    set_id TEXT PRIMARY KEY REFERENCES sets(id) ON DELETE CASCADE,
+    since REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sets_by_host ON sets (host, status, created);
 """
@@ -117,10 +138,18 @@ class Catalog:
 
     def _migrate(self, version: int) -> None:
         """Bring an older catalog forward in place, inside the opening transaction."""
-        if version < 2:
-            self.conn.execute("ALTER TABLE parts ADD COLUMN leaves BLOB")
-            self.conn.execute("ALTER TABLE parts ADD COLUMN upload_id TEXT")
+        added = {2: [("parts", "leaves BLOB"), ("parts", "upload_id TEXT")],
+                 3: [("sets", "verified REAL"), ("set_dirs", "entries INTEGER")]}
+        for since, columns in added.items():
+            if version < since:
+                for table, column in columns:
+                    self._add_column(table, column)
         self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _add_column(self, table: str, column: str) -> None:
+        existing = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        if column.split()[0] not in existing:
+            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @contextmanager
     def transaction(self):
@@ -179,7 +208,10 @@ class Catalog:
         return rows[0] if rows else None
 
     def sets(self, host: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
+        """Sets oldest first; a set being deleted from the store is never listed as complete."""
         sql, args = "SELECT * FROM sets WHERE 1=1", []
+        if status == "complete":
+            sql += " AND id NOT IN (SELECT set_id FROM pending_deletes)"
         if host:
             sql, args = sql + " AND host = ?", args + [host]
         if status:
@@ -213,6 +245,26 @@ class Catalog:
     def set_local_state(self, set_id: str, state: str) -> None:
         self._write("UPDATE sets SET local_state = ? WHERE id = ?", (state, set_id))
 
+    def set_manifest(self, set_id: str, manifest_id: str | None) -> None:
+        """The set's manifest is in the store (the set is still inflight until ``finish_set``)."""
+        self._write("UPDATE sets SET manifest_id = ? WHERE id = ?", (manifest_id, set_id))
+
+    def set_verified(self, set_id: str, when: float) -> None:
+        self._write("UPDATE sets SET verified = ? WHERE id = ?", (when, set_id))
+
+    # sets being deleted from the store ------------------------------------------------------
+    def mark_for_deletion(self, set_id: str) -> None:
+        """Recorded before the first archive goes: a killed deletion is finished by the next run."""
+        self._write("INSERT OR IGNORE INTO pending_deletes VALUES (?, ?)", (set_id, time.time()))
+
+    def pending_deletions(self, host: str) -> list[str]:
+        return [r[0] for r in self._query(
+            "SELECT p.set_id FROM pending_deletes p JOIN sets s ON s.id = p.set_id WHERE s.host = ?"
+            " ORDER BY s.created, s.id", (host,))]
+
+    def forget_set(self, set_id: str) -> None:
+        self._write("DELETE FROM sets WHERE id = ?", (set_id,))
+
     # directories ------------------------------------------------------------------------
     def dirs(self, set_id: str) -> list[sqlite3.Row]:
         return self._query("SELECT * FROM set_dirs WHERE set_id = ? ORDER BY position", (set_id,))
@@ -226,10 +278,24 @@ class Catalog:
     def dir_reset(self, set_id: str, slug: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM parts WHERE set_id = ? AND slug = ?", (set_id, slug))
+            conn.execute("DELETE FROM files WHERE set_id = ? AND slug = ?", (set_id, slug))
             conn.execute(
-                "UPDATE set_dirs SET status = 'pending', tar_rc = NULL, bytes_in = NULL WHERE set_id = ? AND slug = ?",
+                "UPDATE set_dirs SET status = 'pending', tar_rc = NULL, bytes_in = NULL, entries = NULL"
+                " WHERE set_id = ? AND slug = ?",
                 (set_id, slug),
             )
+
+    # the file index: what each directory's stream holds ---------------------------------------
+    def add_files(self, set_id: str, slug: str, entries) -> None:
+        """Record a directory's index (replacing any earlier one) and its entry count, in one transaction."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM files WHERE set_id = ? AND slug = ?", (set_id, slug))
+            conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             ((set_id, slug) + e.as_row() for e in entries))
+            conn.execute("UPDATE set_dirs SET entries = ? WHERE set_id = ? AND slug = ?", (len(entries), set_id, slug))
+
+    def files(self, set_id: str, slug: str) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM files WHERE set_id = ? AND slug = ? ORDER BY path", (set_id, slug))
 
     # parts ------------------------------------------------------------------------------
     def add_part(self, *, set_id, slug, idx, name, plain_size, plain_sha256, size, sha256, tree_hash,
@@ -242,6 +308,9 @@ class Catalog:
 
     def upload_journal(self, set_id: str, slug: str, idx: int) -> "PartUploadJournal":
         return PartUploadJournal(self, (set_id, slug, idx))
+
+    def meta_journal(self, key: str) -> "MetaJournal":
+        return MetaJournal(self, f"journal:{key}")
 
     # retrievals from cold storage ---------------------------------------------------------
     def retrieval(self, store: str, archive_id: str) -> sqlite3.Row | None:
@@ -308,6 +377,23 @@ class PartUploadJournal:
 
     def clear(self) -> None:
         self.catalog._write("UPDATE parts SET upload_id = NULL WHERE set_id = ? AND slug = ? AND idx = ?", self.key)
+
+
+class MetaJournal:
+    """An upload journal for archives that are not parts (manifests, catalog copies), in ``meta``."""
+
+    def __init__(self, catalog: Catalog, key: str):
+        self.catalog = catalog
+        self.key = key
+
+    def load(self) -> str | None:
+        return self.catalog.meta(self.key)
+
+    def save(self, value: str) -> None:
+        self.catalog.set_meta(self.key, value)
+
+    def clear(self) -> None:
+        self.catalog._write("DELETE FROM meta WHERE key = ?", (self.key,))
 
 
 def _catalog_error(path: Path, exc: sqlite3.OperationalError) -> OrchestratorError:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from ..config import CompressionConfig, EncryptionConfig
+from ..errors import OrchestratorError
 
 SUFFIX = {"xz": ".xz", "zstd": ".zst"}
 
@@ -45,3 +48,30 @@ def decrypt_argv(enc: EncryptionConfig) -> list[str]:
 
 def part_suffix(comp_codec: str, encrypted: bool) -> str:
     return SUFFIX[comp_codec] + (".gpg" if encrypted else "")
+
+
+def gpg_encrypt_bytes(enc: EncryptionConfig, data: bytes, what: str) -> bytes:
+    """Small documents (manifests): encrypted in memory to the configured recipients."""
+    return _gpg(encrypt_argv(enc), data, f"encrypting {what}")
+
+
+def gpg_decrypt_bytes(enc: EncryptionConfig, data: bytes, what: str) -> bytes:
+    return _gpg(decrypt_argv(enc), data, f"decrypting {what}")
+
+
+def _gpg(argv: list[str], data: bytes, doing: str) -> bytes:
+    done = subprocess.run(argv, input=data, capture_output=True)
+    if done.returncode:
+        reason = gpg_reason(done.stderr)
+        raise OrchestratorError(f"{doing} failed: gpg: {reason}" if reason else f"{doing} failed (gpg exit {done.returncode})")
+    return done.stdout
+
+
+def gpg_reason(stderr: bytes) -> str:
+    """gpg's own words for why it failed, e.g. "decryption failed: No secret key"."""
+    lines = [line.removeprefix("gpg: ").strip() for line in stderr.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    for line in reversed(lines):
+        if "failed" in line or "No secret key" in line or "No public key" in line:
+            return line
+    return lines[-1] if lines else ""

@@ -15,6 +15,7 @@ from .preflight import check_backup
 from .reconcile import reconcile, report_lines
 from .recover import rebuild_catalog
 from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
+from .retention import finish_pending_deletions
 from .retrieval import readable_jobs
 from .stores import open_store
 
@@ -44,6 +45,12 @@ def backup(run: JobRun) -> None:
         deleted, warnings = apply_remote_retention(catalog, store, pipeline.layout, cfg, echo=run.progress.say)
         run.report.warnings.extend(warnings)
         run.report.summary["remote_sets_expired"] = ", ".join(deleted) or "none"
+        add_cost_line(run, catalog, store, cfg)
+
+
+def add_cost_line(run: JobRun, catalog: Catalog, store, cfg: BackupConfig) -> None:
+    """Stored GB and the monthly bill; a directory store costs nothing we know of, so it gets none."""
+    if store.storage_key != "directory":
         run.report.summary["cost"] = cost_line(catalog, store, cfg)
 
 
@@ -72,11 +79,14 @@ def prune(run: JobRun, force: bool = False) -> None:
     store = open_store(cfg.store)
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
         layout = Layout(cfg.staging_dir, run.general.state_dir, cfg.hostname)
+        if not run.dry:
+            for set_id in finish_pending_deletions(catalog, store, layout):
+                run.echo(f"finished deleting set {set_id} (an earlier run was interrupted)")
         deleted, warnings = apply_remote_retention(catalog, store, layout, cfg, force=force, dry=run.dry,
                                                    echo=run.echo)
         run.report.warnings.extend(warnings)
         run.report.summary["sets_expired" if not run.dry else "sets_that_would_expire"] = len(deleted)
-        run.report.summary["cost"] = cost_line(catalog, store, cfg)
+        add_cost_line(run, catalog, store, cfg)
 
 
 def list_sets(run: JobRun, host: str | None = None) -> list[str]:
@@ -119,8 +129,10 @@ def rebuild(run: JobRun, wait: bool = False) -> None:
             return readable_jobs(catalog, store, ids, tier=cfg.store.retrieval_tier, days=cfg.store.retrieval_days,
                                  wait=wait, poll_seconds=cfg.store.poll_seconds, progress=run.progress)
 
-        added = rebuild_catalog(catalog, store, lambda host: Layout(cfg.staging_dir, run.general.state_dir, host),
-                                readable)
-    for set_id in added:
+        result = rebuild_catalog(catalog, store, lambda host: Layout(cfg.staging_dir, run.general.state_dir, host),
+                                 readable, cfg.encryption)
+    for set_id in result.added:
         run.echo(f"recovered set {set_id}")
-    run.report.summary.update({"recovered_sets": len(added), "store": store.name})
+    run.report.warnings.extend(result.skipped)
+    run.report.summary.update({"recovered_sets": len(result.added), "skipped": len(result.skipped),
+                               "store": store.name})

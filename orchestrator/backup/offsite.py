@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import time
@@ -9,19 +10,30 @@ from pathlib import Path
 
 from ..config import BackupConfig, human_size
 from ..errors import OrchestratorError
+from ..faults import crash_point
 from . import metadata
 from .catalog import Catalog
 from .codec import encrypt_argv
 from .layout import Layout
 from .retention import expire_remote, expiry, remote_sets_to_expire, stored_cost, price_per_gb_month
 from .stores import Store
+from .stores.base import ARCHIVE_JOURNAL_PREFIX
 from .treehash import file_digests
 
 CATALOG_COPY_KEY = "catalog_copy_archive"
+COPY_PENDING_KEY = "catalog_copy_pending"  # {"set", "previous"} while a new copy is being stored
 
 
 def store_catalog_copy(catalog: Catalog, store: Store, cfg: BackupConfig, set_id: str) -> str:
-    """Store the catalog (gpg-encrypted when recipients are set); drop the previous copy."""
+    """Store the catalog (gpg-encrypted when recipients are set); drop the previous copy.
+
+    The set it belongs to is written down first, so a copy a kill left unrecorded
+    (or a previous copy left undeleted) is found and removed by the next run.
+    """
+    settle_catalog_copies(catalog, store, cfg.hostname)
+    previous = catalog.meta(CATALOG_COPY_KEY)
+    catalog.set_meta(COPY_PENDING_KEY, json.dumps({"set": set_id, "previous": previous}))
+    journal = catalog.meta_journal("catalog-copy")
     with tempfile.TemporaryDirectory(prefix="geo-catalog-") as tmp:
         snapshot = Path(tmp) / "catalog.sqlite"
         catalog.snapshot_to(snapshot)
@@ -35,12 +47,30 @@ def store_catalog_copy(catalog: Catalog, store: Store, cfg: BackupConfig, set_id
             snapshot = encrypted
         sha256, tree_hash, _ = file_digests(snapshot)
         archive_id = store.put(snapshot, description=metadata.catalog_description(host=cfg.hostname, set_id=set_id),
-                               sha256=sha256, tree_hash=tree_hash)
-    previous = catalog.meta(CATALOG_COPY_KEY)
+                               sha256=sha256, tree_hash=tree_hash, journal=journal)
+    crash_point("catalog-copy-stored")
     catalog.set_meta(CATALOG_COPY_KEY, archive_id)
+    crash_point("catalog-copy-recorded")
     if previous and previous != archive_id:
         store.delete(previous)
+    journal.clear()
+    catalog.set_meta(COPY_PENDING_KEY, "")
     return archive_id
+
+
+def settle_catalog_copies(catalog: Catalog, store: Store, host: str) -> None:
+    """Remove copies an interrupted :func:`store_catalog_copy` left in the store beside the recorded one."""
+    pending = json.loads(catalog.meta(COPY_PENDING_KEY) or "null")
+    if not pending:
+        return
+    current = catalog.meta(CATALOG_COPY_KEY)
+    journal = catalog.meta_journal("catalog-copy")
+    saved = (journal.load() or "").removeprefix(ARCHIVE_JOURNAL_PREFIX) or None
+    found = store.find(metadata.catalog_description(host=host, set_id=pending["set"]))
+    for archive_id in {*found, saved, pending["previous"]} - {current, None}:
+        store.delete(archive_id)
+    journal.clear()
+    catalog.set_meta(COPY_PENDING_KEY, "")
 
 
 def apply_remote_retention(catalog: Catalog, store: Store, layout: Layout, cfg: BackupConfig, *,

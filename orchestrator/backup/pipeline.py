@@ -22,33 +22,71 @@ from ..config import BackupConfig, GeneralConfig, human_size
 from ..errors import OrchestratorError
 from ..progress import Progress
 from ..run import Target
+from ..faults import crash_point
 from . import codec, metadata
 from .catalog import Catalog
 from .chunks import BufferPool, ChildProcesses, compress_to_file, fill, widen_pipe
 from .hooks import run_hooks
 from .layout import Layout, id_order, new_set_id, part_name, unique_slugs
 from .preflight import check_backup
-from .resume import settle_leftovers
+from .resume import adopt_manifest, move_to_complete, part_description_of, promote_snapshots, settle_leftovers
 from .retention import prune_local, prune_snapshots
+from .snar import SnapshotFormatError, neutralize_renames
 from .stores import Store
+from .tarindex import StreamIndex, UnrestorableStream
 from .treehash import file_hashes
 
 TAR_WARNING = 1  # GNU tar: "some files differ" (changed while read): the archive is still usable
 
 
-def tar_create_argv(path: str, snapshot: Path, cfg: BackupConfig) -> list[str]:
+def tar_create_argv(path: str, snapshot: Path, cfg: BackupConfig, protected: list[Path] = ()) -> list[str]:
     """GNU tar keeping modes, owners, ACLs, xattrs and holes; relative to ``/`` like the seed's."""
     member = os.path.relpath(path, "/")
     argv = [
         "tar", "--create", "--file=-", "--format=posix", "--directory=/",
         "--acls", "--xattrs", "--xattrs-include=*", "--sparse",
         "--pax-option=delete=atime,delete=ctime",  # reading changes atime: keep headers to what restores
+        "--warning=no-rename-directory",  # renames are expected: snar.neutralize_renames dumps them whole
         f"--listed-incremental={snapshot}",
     ]
     if cfg.one_file_system:
         argv.append("--one-file-system")
-    argv += [f"--exclude={pattern}" for pattern in cfg.exclude]
-    return argv + ["--", member]
+    return argv + exclude_argv(cfg.exclude, protected) + ["--", member]
+
+
+def exclude_argv(patterns: list[str], protected: list[Path] = ()) -> list[str]:
+    """``--exclude`` options meaning what an admin writes.
+
+    tar runs with ``-C /`` and member names without the leading slash, so an
+    absolute pattern (``/srv/www/cache``, ``/var/log/*.gz``) is matched anchored
+    at the start of the member name; a pattern without a slash (``*.tmp``,
+    ``.cache``) matches a name at any depth, as in GNU tar. ``protected`` paths
+    (our own staging, state and store) are excluded literally, wildcards off.
+    """
+    argv = []
+    for pattern in patterns:
+        if pattern.startswith("/"):
+            argv += ["--anchored", f"--exclude={pattern.lstrip('/')}", "--no-anchored"]
+        else:
+            argv.append(f"--exclude={pattern}")
+    for path in protected:
+        argv += ["--anchored", "--no-wildcards", f"--exclude={os.path.relpath(path, '/')}", "--wildcards",
+                 "--no-anchored"]
+    return argv
+
+
+def protected_paths(cfg: BackupConfig, general: GeneralConfig) -> list[tuple[Path, str]]:
+    """Our own directories that lie inside a backed-up directory: never back them up into themselves."""
+    ours = [(cfg.staging_dir, "backup.staging_dir"), (general.state_dir, "orchestrator.state_dir")]
+    if cfg.store.type == "directory":
+        ours.append((cfg.store.path, "backup.store.path"))
+    found = []
+    for path, key in ours:
+        resolved = Path(os.path.realpath(path))
+        if any(resolved == Path(os.path.realpath(d)) or Path(os.path.realpath(d)) in resolved.parents
+               for d in cfg.directories):
+            found.append((resolved, key))
+    return found
 
 
 @dataclass
@@ -85,6 +123,7 @@ class BackupRun:
         self.compress_argv = codec.compress_argv(cfg.compression)
         self.encrypt_argv = codec.encrypt_argv(cfg.encryption) if cfg.encryption.enabled else None
         self.children = ChildProcesses()
+        self.protected = protected_paths(cfg, general)
         self.warnings: list[str] = []
         self._futures: list[Future] = []
         self._uploads: list[Future] = []
@@ -162,26 +201,38 @@ class BackupRun:
                 raise
 
     def archive_directory(self, plan, slug, path, snapshots: Path, pool: BufferPool, compressors) -> None:
-        snapshot = self.prepare_snapshot(plan, slug, snapshots)
-        argv = tar_create_argv(path, snapshot, self.cfg)
+        snapshot = self.prepare_snapshot(plan, slug, path, snapshots)
+        argv = tar_create_argv(path, snapshot, self.cfg, [p for p, _ in self.protected])
         state = DirProgress(slug)
+        index = StreamIndex(path)
         self.progress.say(f"{slug}: tar {path}")
         with tempfile.TemporaryFile() as tar_err:
             tar = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=tar_err, stdin=subprocess.DEVNULL, bufsize=0)
             try:
                 widen_pipe(tar.stdout)
-                self.split(plan, state, tar.stdout, pool, compressors)
+                self.split(plan, state, tar.stdout, pool, compressors, index)
                 rc = tar.wait()
             finally:
+                index.feed_end()
                 if tar.poll() is None:
                     tar.kill()
                     tar.wait()
                 tar.stdout.close()
             tar_err.seek(0)
             self.check_tar(path, rc, tar_err.read().decode(errors="replace"))
+        self.record_index(plan, slug, path, index)
         self.dir_tar_finished(plan, state, rc)
 
-    def split(self, plan, state: DirProgress, stream, pool: BufferPool, compressors) -> None:
+    def record_index(self, plan: SetPlan, slug: str, path: str, index: StreamIndex) -> None:
+        """The directory's file index, read from its stream; a stream we could not read back fails the set."""
+        try:
+            entries = index.finish()
+        except UnrestorableStream as exc:
+            raise OrchestratorError(f"set {plan.set_id}: {exc}") from None
+        self.catalog.add_files(plan.set_id, slug, entries)
+        crash_point("dir-indexed")
+
+    def split(self, plan, state: DirProgress, stream, pool: BufferPool, compressors, index: StreamIndex) -> None:
         idx = 0
         with self.progress.counter(state.slug, unit="B") as counter:
             while True:
@@ -190,11 +241,13 @@ class BackupRun:
                 if length == 0 and idx > 0:
                     pool.give(buf)
                     return
+                index.feed(memoryview(buf)[:length])
                 with state.lock:
                     state.outstanding += 1
                     state.bytes_in += length
                 counter.update(length)
                 self._futures.append(compressors.submit(self.compress_part, plan, state, idx, buf, length, pool))
+                crash_point("tar-running")
                 idx += 1
                 if length < len(buf):
                     return
@@ -214,10 +267,12 @@ class BackupRun:
                                     self.compress_argv, self.encrypt_argv, self.children)
         finally:
             pool.give(buf)
+        crash_point("part-written")
         sha256, tree_hash, size, leaves = file_hashes(done.path)
         self.catalog.add_part(set_id=plan.set_id, slug=state.slug, idx=idx, name=name, plain_size=done.plain_size,
                               plain_sha256=done.plain_sha256, size=size, sha256=sha256, tree_hash=tree_hash,
                               leaves=leaves)
+        crash_point("part-recorded")
         self._uploads.append(self._uploader.submit(self.upload_part, plan.set_id, state.slug, idx))
         with state.lock:
             state.outstanding -= 1
@@ -239,14 +294,25 @@ class BackupRun:
         elif rc != 0:
             raise OrchestratorError(f"tar of {path} failed (exit {rc}): " + " | ".join(lines[-3:]))
 
-    def prepare_snapshot(self, plan: SetPlan, slug: str, snapshots: Path) -> Path:
-        """The tar snapshot this set starts from: the parent's copy, or none for a full dump."""
+    def prepare_snapshot(self, plan: SetPlan, slug: str, path: str, snapshots: Path) -> Path:
+        """The tar snapshot this set starts from: the parent's copy, or none for a full dump.
+
+        Directories renamed since the parent are made to look new to tar, so they
+        are dumped whole instead of as a rename record (see :mod:`.snar`).
+        """
         snapshot = snapshots / f"{slug}.snar"
         snapshot.unlink(missing_ok=True)
         if plan.parent_id:
             parent = self.layout.snapshot_dir(plan.parent_id) / f"{slug}.snar"
             if parent.exists():
                 snapshot.write_bytes(parent.read_bytes())
+                try:
+                    renamed = neutralize_renames(snapshot, Path(path), self.cfg.one_file_system)
+                except SnapshotFormatError as exc:
+                    raise OrchestratorError(f"tar snapshot {parent}: {exc}") from None
+                if renamed:
+                    self.progress.say(f"{slug}: {len(renamed)} renamed or replaced director"
+                                      f"{'y' if len(renamed) == 1 else 'ies'} taken in full")
         return snapshot
 
     # storing ----------------------------------------------------------------------------
@@ -260,31 +326,53 @@ class BackupRun:
         part = self.catalog.get_part(set_id, slug, idx)
         if part["status"] == "stored":
             return
-        description = metadata.part_description(host=self.cfg.hostname, set_id=set_id, slug=slug, idx=idx,
-                                                sha256=part["sha256"], plain_size=part["plain_size"])
+        description = part_description_of(self.catalog, part)
         self.catalog.part_uploading(set_id, slug, idx, self.store.name)
         archive_id = self.store.put(self.layout.inflight / set_id / part["name"], description=description,
                                     sha256=part["sha256"], tree_hash=part["tree_hash"],
                                     journal=self.catalog.upload_journal(set_id, slug, idx))
+        crash_point("part-uploaded")
         self.catalog.part_stored(set_id, slug, idx, archive_id, self.store.name)
+        crash_point("part-stored")
 
     def commit(self, plan: SetPlan) -> None:
-        """Manifest, snapshots, catalog, then one rename: a set is complete everywhere or nowhere."""
+        """Manifest, snapshots, catalog, then one rename: a set is complete everywhere or nowhere.
+
+        Each step looks first, so a rerun after a kill at any point finishes the
+        commit without storing a second manifest or tripping over its own rename.
+        """
         dirs = self.catalog.dirs(plan.set_id)
         parts = self.catalog.parts(plan.set_id)
         unfinished = [d["slug"] for d in dirs if d["status"] != "done"]
         unstored = [p["name"] for p in parts if p["status"] != "stored"]
         if unfinished or unstored:
             raise OrchestratorError(f"set {plan.set_id} incomplete: dirs {unfinished} parts {unstored[:3]}")
-        manifest = metadata.build_manifest(self.catalog.get_set(plan.set_id), dirs, parts)
-        manifest_id = self.store.put_bytes(
-            manifest, description=metadata.manifest_description(host=self.cfg.hostname, set_id=plan.set_id))
-        partial = self.layout.snapshot_dir(plan.set_id, partial=True)
-        if partial.exists():
-            os.replace(partial, self.layout.snapshot_dir(plan.set_id))
+        manifest_id = self.store_manifest(plan, dirs, parts)
+        promote_snapshots(self.layout, plan.set_id)
+        crash_point("snapshot-promoted")
         self.catalog.finish_set(plan.set_id, manifest_id)
-        os.replace(self.layout.inflight / plan.set_id, self.layout.complete / plan.set_id)
-        self.catalog.set_local_state(plan.set_id, "complete")
+        crash_point("set-committed")
+        move_to_complete(self.catalog, self.layout, plan.set_id)
+
+    def store_manifest(self, plan: SetPlan, dirs, parts) -> str:
+        """Store the set's manifest once: a manifest an earlier, killed attempt stored is adopted."""
+        row = self.catalog.get_set(plan.set_id)
+        if row["manifest_id"]:
+            return row["manifest_id"]
+        journal = self.catalog.meta_journal(f"manifest:{plan.set_id}")
+        manifest_id = adopt_manifest(self.store, row, journal)
+        if manifest_id is None:
+            files = {d["slug"]: self.catalog.files(plan.set_id, d["slug"]) for d in dirs}
+            doc = metadata.build_manifest(row, dirs, parts, files)
+            manifest_id = self.store.put_bytes(metadata.encode_manifest(doc, self.cfg.encryption),
+                                               description=metadata.manifest_description(host=row["host"],
+                                                                                         set_id=row["id"]),
+                                               journal=journal)
+            crash_point("manifest-stored")
+        self.catalog.set_manifest(plan.set_id, manifest_id)
+        journal.clear()
+        crash_point("manifest-recorded")
+        return manifest_id
 
     # failure ----------------------------------------------------------------------------
     def abort(self) -> None:
@@ -314,12 +402,16 @@ class BackupRun:
         for hook in self.cfg.hooks:
             out(f"[dry-run] hook {hook.name}: {shlex.join(hook.argv)}")
         chain = " | " + shlex.join(self.encrypt_argv) if self.encrypt_argv else ""
+        for path, key in self.protected:
+            out(f"[dry-run] excluding {shlex.quote(str(path))} ({key}): it lies inside a backed-up directory")
         for slug, path in unique_slugs(self.cfg.directories):
             snap = self.layout.snapshot_dir("<set>", partial=True) / f"{slug}.snar"
-            out(f"[dry-run] {shlex.join(tar_create_argv(path, snap, self.cfg))}")
+            part = self.layout.inflight / "<set>" / part_name(slug, 0, self.suffix)
+            out(f"[dry-run] {shlex.join(tar_create_argv(path, snap, self.cfg, [p for p, _ in self.protected]))}")
             out(f"[dry-run]   | split every {human_size(self.cfg.chunk_size)}, per chunk: "
-                f"{shlex.join(self.compress_argv)}{chain} > {self.layout.inflight}/<set>/{part_name(slug, 0, self.suffix)}")
-        out(f"[dry-run] store each part in {self.store.name}; then move the set to {self.layout.complete}/<set>")
+                f"{shlex.join(self.compress_argv)}{chain} > {shlex.quote(str(part))}")
+        out(f"[dry-run] store each part in {self.store.name}; then move the set to "
+            f"{shlex.quote(str(self.layout.complete))}/<set>")
         return {"planned_directories": len(self.cfg.directories)}
 
     def summary(self, plan: SetPlan, elapsed: float, removed: list[str], resumed: bool) -> dict:

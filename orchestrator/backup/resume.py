@@ -4,7 +4,9 @@ Granularity is the directory: a directory whose tar finished and whose parts
 are all recorded (and still intact on disk, or already stored) is kept; any
 other directory is dropped everywhere (local files, stored archives, catalog
 rows) and archived again, because a second tar of it would not produce the
-same bytes.  Complete sets are never touched here.
+same bytes.  A commit a kill interrupted is finished from where it stopped:
+a manifest already in the store is adopted, never stored twice.  Complete
+sets are never touched here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..faults import crash_point
 from . import metadata
-from .stores.base import ARCHIVE_JOURNAL_PREFIX
-from .layout import remove_tree
+from .catalog import Catalog
+from .layout import Layout, remove_tree
+from .retention import finish_pending_deletions
+from .stores import Store
+from .stores.base import ARCHIVE_JOURNAL_PREFIX, UploadJournal
 from .treehash import file_digests
 
 if TYPE_CHECKING:
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
 
 
 def settle_leftovers(run: "BackupRun") -> "SetPlan | None":
+    for set_id in finish_pending_deletions(run.catalog, run.store, run.layout):
+        run.progress.say(f"finished deleting set {set_id} from {run.store.name} (an earlier run was interrupted)")
     tidy_inflight_dirs(run)
     inflight = run.catalog.sets(run.cfg.hostname, "inflight")
     keep = None
@@ -44,9 +52,61 @@ def tidy_inflight_dirs(run: "BackupRun") -> None:
         if row is None or row["status"] == "discarded":
             run.warnings.append(f"removed stray inflight directory {path}")
             remove_tree(path)
-        elif row["status"] == "complete":
-            os.replace(path, run.layout.complete / path.name)
-            run.catalog.set_local_state(path.name, "complete")
+    for row in run.catalog.sets(run.cfg.hostname, "complete"):
+        if row["local_state"] == "inflight":
+            move_to_complete(run.catalog, run.layout, row["id"])
+
+
+def move_to_complete(catalog: Catalog, layout: Layout, set_id: str) -> None:
+    """The committed set's staging copy into ``complete/`` (one rename), then the catalog says so."""
+    inflight, complete = layout.inflight / set_id, layout.complete / set_id
+    if inflight.exists() and not complete.exists():
+        os.replace(inflight, complete)
+        crash_point("moved-to-complete")
+    catalog.set_local_state(set_id, "complete" if complete.is_dir() else "pruned")
+
+
+def promote_snapshots(layout: Layout, set_id: str) -> None:
+    """``<set>.partial`` becomes ``<set>``: the snapshots the next incremental starts from."""
+    partial, final = layout.snapshot_dir(set_id, partial=True), layout.snapshot_dir(set_id)
+    if partial.exists():
+        remove_tree(final)
+        os.replace(partial, final)
+
+
+def unpromote_snapshots(layout: Layout, set_id: str) -> None:
+    """A set resumed after its snapshots were promoted works on them as ``.partial`` again."""
+    partial, final = layout.snapshot_dir(set_id, partial=True), layout.snapshot_dir(set_id)
+    if final.exists() and not partial.exists():
+        os.replace(final, partial)
+    remove_tree(final)
+
+
+def part_description_of(catalog: Catalog, part) -> str:
+    set_row = catalog.get_set(part["set_id"])
+    (dir_row,) = [d for d in catalog.dirs(part["set_id"]) if d["slug"] == part["slug"]]
+    return metadata.describe_part(set_row, dir_row, part)
+
+
+def adopt_manifest(store: Store, set_row, journal: UploadJournal) -> str | None:
+    """A manifest an interrupted commit already stored (extra copies are deleted), or None."""
+    saved = journal.load() or ""
+    if saved.startswith(ARCHIVE_JOURNAL_PREFIX):
+        return saved[len(ARCHIVE_JOURNAL_PREFIX):]
+    found = store.find(metadata.manifest_description(host=set_row["host"], set_id=set_row["id"]))
+    for extra in found[1:]:
+        store.delete(extra)
+    return found[0] if found else None
+
+
+def drop_manifest(store: Store, catalog: Catalog, set_row) -> None:
+    """Delete every manifest of a set that will not be committed as it is, so no rebuild adopts it."""
+    journal = catalog.meta_journal(f"manifest:{set_row['id']}")
+    manifest_id = set_row["manifest_id"] or adopt_manifest(store, set_row, journal)
+    if manifest_id:
+        store.delete(manifest_id)
+    journal.clear()
+    catalog.set_manifest(set_row["id"], None)
 
 
 def why_not_resumable(run: "BackupRun", row) -> str | None:
@@ -62,11 +122,15 @@ def why_not_resumable(run: "BackupRun", row) -> str | None:
 
 def discard_set(run: "BackupRun", row) -> None:
     set_id = row["id"]
+    drop_manifest(run.store, run.catalog, row)
     adopt_uploads(run, set_id)
     for part in run.catalog.parts(set_id):
         drop_stored(run, part)
     remove_tree(run.layout.inflight / set_id)
     remove_tree(run.layout.snapshot_dir(set_id, partial=True))
+    remove_tree(run.layout.snapshot_dir(set_id))
+    for d in run.catalog.dirs(set_id):
+        run.catalog.dir_reset(set_id, d["slug"])
     run.catalog.set_status(set_id, "discarded", row["error"])
     run.progress.say(f"discarded unfinished set {set_id}")
 
@@ -85,9 +149,7 @@ def adopt_uploads(run: "BackupRun", set_id: str) -> None:
             archive_id = journal[len(ARCHIVE_JOURNAL_PREFIX):]
             run.catalog.part_stored(set_id, part["slug"], part["idx"], archive_id, run.store.name)
             continue
-        description = metadata.part_description(host=run.cfg.hostname, set_id=set_id, slug=part["slug"],
-                                                idx=part["idx"], sha256=part["sha256"], plain_size=part["plain_size"])
-        found = run.store.find(description)
+        found = run.store.find(part_description_of(run.catalog, part))
         if found:
             run.catalog.part_stored(set_id, part["slug"], part["idx"], found[0], run.store.name)
             for extra in found[1:]:
@@ -102,12 +164,14 @@ def prepare_resume(run: "BackupRun", row) -> "SetPlan":
     set_dir.mkdir(parents=True, exist_ok=True)
     for leftover in set_dir.glob(".*.tmp"):
         leftover.unlink()
+    unpromote_snapshots(run.layout, set_id)
     adopt_uploads(run, set_id)
-    for d in run.catalog.dirs(set_id):
-        parts = run.catalog.parts(set_id, d["slug"])
-        if d["status"] == "done" and all(part_usable(set_dir, p) for p in parts):
-            continue
-        for part in parts:
+    redo = [d for d in run.catalog.dirs(set_id)
+            if d["status"] != "done" or not all(part_usable(set_dir, p) for p in run.catalog.parts(set_id, d["slug"]))]
+    if redo:
+        drop_manifest(run.store, run.catalog, row)
+    for d in redo:
+        for part in run.catalog.parts(set_id, d["slug"]):
             drop_stored(run, part)
             (set_dir / part["name"]).unlink(missing_ok=True)
         run.catalog.dir_reset(set_id, d["slug"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..config import MIN_STORAGE_DAYS, PriceConfig
 from ..errors import OrchestratorError
+from ..faults import crash_point
 from .catalog import Catalog
 from .layout import Layout, remove_tree
 from .stores import Store
@@ -37,6 +38,7 @@ def prune_local(catalog: Catalog, layout: Layout, keep: int) -> list[str]:
     removed = []
     for set_id in local_sets_to_prune(catalog, layout.host, keep):
         remove_tree(layout.complete / set_id)
+        crash_point("local-pruned")
         catalog.set_local_state(set_id, "pruned")
         removed.append(set_id)
     return removed
@@ -118,18 +120,36 @@ def expire_remote(catalog: Catalog, store: Store, layout: Layout, plans: list[Ex
             f"${total:.2f}; wait, or rerun with --force")
     deleted = []
     for plan in plans:
-        for part in catalog.parts(plan.set_id):
-            if part["archive_id"]:
-                store.delete(part["archive_id"])
-        manifest = catalog.get_set(plan.set_id)["manifest_id"]
-        if manifest:
-            store.delete(manifest)
-        remove_tree(layout.complete / plan.set_id)
-        remove_tree(layout.snapshot_dir(plan.set_id))
-        with catalog.transaction() as conn:
-            conn.execute("DELETE FROM sets WHERE id = ?", (plan.set_id,))
+        delete_set_everywhere(catalog, store, layout, plan.set_id)
         deleted.append(plan.set_id)
     return deleted
+
+
+def delete_set_everywhere(catalog: Catalog, store: Store, layout: Layout, set_id: str) -> None:
+    """Mark, then the manifest (so no rebuild adopts a half-deleted set), parts, local copies, catalog rows.
+
+    Every step can be repeated, so a deletion a kill interrupted is finished by
+    :func:`finish_pending_deletions` on the next run; until then the set is
+    not listed as complete.
+    """
+    catalog.mark_for_deletion(set_id)
+    manifest = catalog.get_set(set_id)["manifest_id"]
+    if manifest:
+        store.delete(manifest)
+    crash_point("remote-expiring")
+    for part in catalog.parts(set_id):
+        if part["archive_id"]:
+            store.delete(part["archive_id"])
+    remove_tree(layout.complete / set_id)
+    remove_tree(layout.snapshot_dir(set_id))
+    catalog.forget_set(set_id)
+
+
+def finish_pending_deletions(catalog: Catalog, store: Store, layout: Layout) -> list[str]:
+    pending = catalog.pending_deletions(layout.host)
+    for set_id in pending:
+        delete_set_everywhere(catalog, store, layout, set_id)
+    return pending
 
 
 def stored_cost(catalog: Catalog, store_name: str, storage_key: str, prices: PriceConfig) -> tuple[int, float]:

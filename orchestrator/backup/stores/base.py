@@ -118,13 +118,13 @@ class Store(ABC):
         """Archive ids whose description matches: adopts an upload a crash left unrecorded."""
         return [a.archive_id for a in self.list() if a.description == description]
 
-    def put_bytes(self, data: bytes, *, description: str) -> str:
+    def put_bytes(self, data: bytes, *, description: str, journal: UploadJournal | None = None) -> str:
         sha256, tree_hash = bytes_digests(data)
         fd, tmp = tempfile.mkstemp(prefix=".geo-put-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            return self.put(Path(tmp), description=description, sha256=sha256, tree_hash=tree_hash)
+            return self.put(Path(tmp), description=description, sha256=sha256, tree_hash=tree_hash, journal=journal)
         finally:
             os.unlink(tmp)
 

@@ -1,0 +1,52 @@
+"""Named crash points between durable steps, for the tests that kill a real run at each one.
+
+A test sets ``GEO_TEST_CRASH_AT=<point>[@<n>]`` in a child's environment; the
+n-th time (default 1) that child passes ``crash_point(<point>)`` it sends
+SIGKILL to its own process group, as ``kill -9`` of a cron job or a Jenkins
+abort would: the tool, tar, the codecs and gpg all die at once, with no cleanup.
+Unset (always, outside the tests) a crash point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "GEO_TEST_CRASH_AT"
+
+BACKUP_POINTS = (
+    "tar-running",       # tar is streaming, some chunks are with the compressors
+    "part-written",      # a part file is complete in inflight/, not yet in the catalog
+    "part-recorded",     # the catalog lists the part, it is not stored yet
+    "part-uploaded",     # the store holds the part, the catalog does not know yet
+    "part-stored",       # the catalog says stored
+    "dir-indexed",       # a directory's file index is in the catalog, the directory is not done
+    "manifest-stored",   # the store holds the manifest, the catalog does not know yet
+    "manifest-recorded",  # the catalog knows the manifest, the set is still inflight
+    "snapshot-promoted",  # tar snapshots moved from <set>.partial to <set>
+    "set-committed",     # the catalog says complete, the files are still in inflight/
+    "moved-to-complete",  # the set's files are in complete/, the catalog still says inflight there
+    "local-pruned",      # local retention removed a set's staging copy
+    "catalog-copy-stored",  # the store holds the new catalog copy, the catalog does not know yet
+    "catalog-copy-recorded",  # the catalog points at the new copy, the old one is still stored
+    "remote-expiring",   # remote retention marked a set and deleted some of its archives
+    "report",            # everything is done but the run report
+)
+
+_counts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition("@")
+    if point != name:
+        return
+    with _lock:
+        _counts[name] = _counts.get(name, 0) + 1
+        reached = _counts[name] == int(nth or 1)
+    if reached:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
