@@ -31,10 +31,23 @@ def restore(c, target=None, set=None, dir=None, list=False, wait=False, tier=Non
     Data in Glacier or DEEP_ARCHIVE is requested first: the run exits 75 with an
     estimate until it is readable (rerun then), or polls with --wait.
     """
-    if list or not target:
+    if list or not (target or set or dir):
         run_task(c, "restore-list", backup_jobs.list_sets, locked=False)
         return
     run_task(c, "restore", lambda run: backup_jobs.restore(run, target, set, dir or None, wait, tier))
+
+
+@task(help={
+    "set": "set id to drill (default: the newest complete set)",
+    "sample": "restore only the directories of N random parts (for cold storage; default: everything)",
+    "tier": "retrieval tier for cold storage (default: Bulk with --sample, else backup.store.retrieval_tier)",
+    "wait": "poll cold storage until the data is readable, instead of exiting 75 (not ready yet)",
+    "seed": "random seed for --sample (to repeat a drill)",
+})
+def verify(c, set=None, sample=0, tier=None, wait=False, seed=None):
+    """Restore drill: restore a set from the store into scratch space and compare every file with the backup's index."""
+    run_task(c, "verify", lambda run: backup_jobs.verify(run, set, int(sample), tier, wait,
+                                                         int(seed) if seed is not None else None))
 
 
 @task(help={"force": "also delete sets younger than the storage class's minimum duration (pays the early-deletion charge)"})
@@ -98,5 +111,5 @@ binhost.add_task(binhost_clients)
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, prune, catalog, binhost)
+ns = Collection(backup, restore, verify, prune, catalog, binhost)
 ns.configure(config.defaults())

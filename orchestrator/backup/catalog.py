@@ -257,10 +257,11 @@ class Catalog:
         """Recorded before the first archive goes: a killed deletion is finished by the next run."""
         self._write("INSERT OR IGNORE INTO pending_deletes VALUES (?, ?)", (set_id, time.time()))
 
-    def pending_deletions(self, host: str) -> list[str]:
+    def pending_deletions(self, host: str | None) -> list[str]:
+        """Sets whose deletion from the store was started (``host`` None: every host's)."""
         return [r[0] for r in self._query(
-            "SELECT p.set_id FROM pending_deletes p JOIN sets s ON s.id = p.set_id WHERE s.host = ?"
-            " ORDER BY s.created, s.id", (host,))]
+            "SELECT p.set_id FROM pending_deletes p JOIN sets s ON s.id = p.set_id WHERE ? IS NULL OR s.host = ?"
+            " ORDER BY s.created, s.id", (host, host))]
 
     def forget_set(self, set_id: str) -> None:
         self._write("DELETE FROM sets WHERE id = ?", (set_id,))

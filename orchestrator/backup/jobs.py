@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
-from ..config import BackupConfig
+from ..config import BackupConfig, human_size
 from ..errors import ConfigError, OrchestratorError
 from ..job import JobRun
 from .catalog import Catalog
-from .layout import Layout
+from .layout import Layout, remove_tree
 from .offsite import apply_remote_retention, cost_line, store_catalog_copy
 from .pipeline import BackupRun
 from .preflight import check_backup
@@ -18,6 +20,7 @@ from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
 from .retention import finish_pending_deletions
 from .retrieval import readable_jobs
 from .stores import open_store
+from .verify import SHOWN_PROBLEMS, check_room, drill_bytes, retrieval_cost, run_drill, sample_directories, scratch_dir
 
 
 def catalog_path(run: JobRun) -> Path:
@@ -94,18 +97,19 @@ def list_sets(run: JobRun, host: str | None = None) -> list[str]:
         lines = describe_sets(catalog, host)
     for line in lines or ["no backup sets in the catalog yet"]:
         run.echo(line)
-    run.report.summary["sets"] = len(lines)
+    run.report.summary["sets"] = max(len(lines) - 1, 0)
     return lines
 
 
 def restore(run: JobRun, target: str, set_id: str | None = None, directories: list[str] | None = None,
             wait: bool = False, tier: str | None = None) -> None:
+    if not target:
+        raise ConfigError("--target: say where to restore (a new or empty directory); inv restore --list lists sets")
     cfg: BackupConfig = run.section("backup")
     store = open_store(cfg.store)
     cold = ColdPolicy(tier=tier or cfg.store.retrieval_tier, days=cfg.store.retrieval_days, wait=wait,
                       poll_seconds=cfg.store.poll_seconds)
-    if cold.tier not in ("Expedited", "Standard", "Bulk"):
-        raise ConfigError(f"--tier: {cold.tier!r} is not one of Expedited, Standard, Bulk")
+    check_tier(cold.tier, store.storage_key)
     with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
         row = resolve_set(catalog, cfg.hostname, set_id)
         layout = Layout(cfg.staging_dir, run.general.state_dir, row["host"])
@@ -115,6 +119,62 @@ def restore(run: JobRun, target: str, set_id: str | None = None, directories: li
             run.echo(f"[dry-run] would restore set {row['id']} (chain of {len(catalog.chain(row['id']))}) into {target}")
             return
         run.report.summary.update(restorer.restore(row, Path(target).absolute(), directories))
+
+
+def verify(run: JobRun, set_id: str | None = None, sample: int = 0, tier: str | None = None,
+           wait: bool = False, seed: int | None = None) -> None:
+    """A restore drill from the store into a scratch directory, compared file by file with the index."""
+    cfg: BackupConfig = run.section("backup")
+    store = open_store(cfg.store)
+    cold = ColdPolicy(tier=tier or ("Bulk" if sample else cfg.store.retrieval_tier), days=cfg.store.retrieval_days,
+                      wait=wait, poll_seconds=cfg.store.poll_seconds)
+    check_tier(cold.tier, store.storage_key)
+    with Catalog.open(catalog_path(run), run.general.catalog_timeout) as catalog:
+        row = resolve_set(catalog, cfg.hostname, set_id)
+        chain = catalog.chain(row["id"])
+        slugs = sample_directories(catalog, chain, sample, random.Random(seed)) if sample else \
+            [d["slug"] for d in catalog.dirs(row["id"])]
+        stored, parts, plain = drill_bytes(catalog, chain, slugs)
+        cost = retrieval_cost(store.storage_key, cold.tier, stored, parts)
+        paths = [d["path"] for d in catalog.dirs(row["id"]) if d["slug"] in slugs]
+        run.echo(f"drill: set {row['id']} (chain of {len(chain)}), {', '.join(paths)}: {parts} parts, "
+                 f"{human_size(stored)} from {store.name}"
+                 + (f", retrieval about ${cost:.2f} ({cold.tier} tier)" if cost is not None else ""))
+        if run.dry:
+            return
+        layout = Layout(cfg.staging_dir, run.general.state_dir, row["host"])
+        remove_tree(scratch_dir(layout, "").parent)  # what a killed drill left
+        layout.staging_dir.mkdir(parents=True, exist_ok=True)
+        check_room(layout.staging_dir, stored, plain)
+        restorer = Restorer(catalog, store, layout, cfg.encryption, run.progress,
+                            cfg.compression.effective_workers(), cold, use_local=False)
+        result = run_drill(restorer, row, slugs, scratch_dir(layout, row["id"]))
+        report_drill(run, row, chain, slugs, parts, stored, cost, result)
+        catalog.set_verified(row["id"], time.time())
+
+
+def report_drill(run: JobRun, row, chain, slugs, parts, stored, cost, result) -> None:
+    run.report.summary.update({
+        "set": row["id"], "chain": " -> ".join(r["id"] for r in chain), "directories": len(slugs),
+        "parts": parts, "read_from_store": human_size(stored), "entries_checked": result.entries,
+        "content_hashed": human_size(result.bytes_hashed), "problems": len(result.problems),
+        "problem_list": result.problems[:SHOWN_PROBLEMS],
+    })
+    if cost is not None:
+        run.report.summary["retrieval_cost"] = f"about ${cost:.2f}"
+    for path in result.unindexed:
+        run.report.warnings.append(f"{path}: restored and every part verified, but this set has no file index "
+                                   "(made by an older version), so files were not compared")
+    if result.problems:
+        shown = "; ".join(result.problems[:3])
+        raise OrchestratorError(f"drill of set {row['id']} FAILED: {len(result.problems)} problem(s): {shown}")
+
+
+def check_tier(tier: str, storage_key: str) -> None:
+    if tier not in ("Expedited", "Standard", "Bulk"):
+        raise ConfigError(f"--tier: {tier!r} is not one of Expedited, Standard, Bulk")
+    if storage_key == "DEEP_ARCHIVE" and tier == "Expedited":
+        raise ConfigError("--tier: DEEP_ARCHIVE has no Expedited retrievals (Standard or Bulk)")
 
 
 def rebuild(run: JobRun, wait: bool = False) -> None:

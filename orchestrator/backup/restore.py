@@ -13,8 +13,10 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +63,35 @@ def resolve_set(catalog: Catalog, host: str, wanted: str | None):
 
 
 def describe_sets(catalog: Catalog, host: str | None) -> list[str]:
-    lines = []
+    """``inv restore --list``: a header and one aligned row per set, oldest first."""
+    rows = [("SET", "HOST", "KIND", "PARENT", "STATUS", "LOCAL COPY", "IN STORE", "PARTS", "STORED", "VERIFIED",
+             "DIRECTORIES")]
+    deleting = set(catalog.pending_deletions(host))
     for row in catalog.sets(host):
         totals = catalog.set_totals(row["id"])
-        dirs = ",".join(d["path"] for d in catalog.dirs(row["id"]))
-        parent = f" <- {row['parent_id']}" if row["parent_id"] else ""
-        lines.append(
-            f"{row['id']}  {row['host']}  {row['kind']:<11} {row['status']:<9} local:{row['local_state']:<8} "
-            f"{totals['parts']:>4} parts {human_size(totals['stored']):>10}  {dirs}{parent}"
-        )
-    return lines
+        rows.append((row["id"], row["host"], row["kind"], row["parent_id"] or "-",
+                     "deleting" if row["id"] in deleting else row["status"], row["local_state"],
+                     store_state(catalog, row), str(totals["parts"]), human_size(totals["stored"]),
+                     _day(row["verified"]), ",".join(d["path"] for d in catalog.dirs(row["id"]))))
+    if len(rows) == 1:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+
+
+def store_state(catalog: Catalog, row) -> str:
+    """Where the set stands in its store: all of it there, some parts, or nothing."""
+    if row["status"] == "discarded":
+        return "removed"
+    parts = catalog.parts(row["id"])
+    stored = sum(1 for p in parts if p["status"] == "stored")
+    if row["status"] == "complete" and row["manifest_id"]:
+        return "complete"
+    return f"{stored}/{len(parts)} parts"
+
+
+def _day(when: float | None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(when)) if when else "never"
 
 
 @dataclass
@@ -85,7 +106,8 @@ class ColdPolicy:
 
 class Restorer:
     def __init__(self, catalog: Catalog, store: Store, layout: Layout, encryption: EncryptionConfig,
-                 progress: Progress, workers: int, cold: ColdPolicy | None = None):
+                 progress: Progress, workers: int, cold: ColdPolicy | None = None, use_local: bool = True):
+        self.use_local = use_local  # False: every part from the store (a drill of the offsite copy)
         self.catalog = catalog
         self.store = store
         self.layout = layout
@@ -152,7 +174,7 @@ class Restorer:
 
     def intact_local_copy(self, row, part) -> Path | None:
         path = self.layout.complete / row["id"] / part["name"]
-        if row["local_state"] != "complete" or not path.exists():
+        if not self.use_local or row["local_state"] != "complete" or not path.exists():
             return None
         if file_digests(path)[0] == part["sha256"]:
             return path
@@ -263,24 +285,32 @@ class TarSink:
 
 
 def run_chain(stages: list[list[str]], path: Path) -> bytes:
-    """``stage1 < path | stage2 ...``, returning the last stage's stdout."""
-    procs = []
-    with open(path, "rb") as src, tempfile.TemporaryFile() as err:
+    """``stage1 < path | stage2 ...``, returning the last stage's stdout.
+
+    Each stage has its own stderr, so when gpg fails the admin reads gpg's
+    reason ("No secret key"), not xz's complaint about the empty stream after it.
+    """
+    procs, errs = [], []
+    with open(path, "rb") as src, ExitStack() as stack:
         stdin = src
         for i, argv in enumerate(stages):
+            err = stack.enter_context(tempfile.TemporaryFile())
             proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err)
             if i:
                 stdin.close()
             stdin = proc.stdout
             procs.append(proc)
+            errs.append(err)
         data = procs[-1].stdout.read()
         procs[-1].stdout.close()
         codes = [p.wait() for p in procs]
         if any(codes):
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()
-            failed = stages[next(i for i, c in enumerate(codes) if c)][0]
-            raise OrchestratorError(f"{failed} failed on {path.name}" + (f": {tail[-1]}" if tail else ""))
+            first = next(i for i, c in enumerate(codes) if c)
+            errs[first].seek(0)
+            text = errs[first].read()
+            reason = codec.gpg_reason(text) if stages[first][0] == "gpg" else \
+                (text.decode(errors="replace").strip().splitlines() or [""])[-1]
+            raise OrchestratorError(f"{stages[first][0]} failed on {path.name}" + (f": {reason}" if reason else ""))
     return data
 
 
