@@ -62,6 +62,10 @@ def exclude_argv(patterns: list[str], protected: list[Path] = ()) -> list[str]:
     at the start of the member name; a pattern without a slash (``*.tmp``,
     ``.cache``) matches a name at any depth, as in GNU tar. ``protected`` paths
     (our own staging, state and store) are excluded literally, wildcards off.
+
+    ``--wildcards`` is never given explicitly: GNU tar 1.34 then also takes the
+    member name for a pattern and, with ``--listed-incremental``, leaves every
+    directory (and its dumpdir) out of the archive.
     """
     argv = []
     for pattern in patterns:
@@ -69,9 +73,10 @@ def exclude_argv(patterns: list[str], protected: list[Path] = ()) -> list[str]:
             argv += ["--anchored", f"--exclude={pattern.lstrip('/')}", "--no-anchored"]
         else:
             argv.append(f"--exclude={pattern}")
+    if protected:
+        argv.append("--no-wildcards")
     for path in protected:
-        argv += ["--anchored", "--no-wildcards", f"--exclude={os.path.relpath(path, '/')}", "--wildcards",
-                 "--no-anchored"]
+        argv += ["--anchored", f"--exclude={os.path.relpath(path, '/')}", "--no-anchored"]
     return argv
 
 
@@ -229,6 +234,10 @@ class BackupRun:
             entries = index.finish()
         except UnrestorableStream as exc:
             raise OrchestratorError(f"set {plan.set_id}: {exc}") from None
+        top = os.fsencode(os.path.relpath(path, "/"))
+        if not any(e.path == top and e.type == "d" for e in entries):
+            raise OrchestratorError(f"set {plan.set_id}: tar's stream of {path} holds no entry for the directory "
+                                    "itself, so an incremental restore could not delete what was removed")
         self.catalog.add_files(plan.set_id, slug, entries)
         crash_point("dir-indexed")
 
