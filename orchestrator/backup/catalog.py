@@ -182,11 +182,17 @@ class Catalog:
         self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def snapshot_to(self, path: Path) -> None:
-        """A consistent copy of the whole catalog (SQLite's online backup)."""
-        target = sqlite3.connect(path)
+        """A consistent copy of the catalog (SQLite's online backup) without the file index.
+
+        The index of every set is in that set's manifest already; leaving it out
+        keeps the copy stored after each set small however many files are backed up.
+        """
+        target = sqlite3.connect(path, isolation_level=None)
         try:
             with self._lock:
                 self.conn.backup(target)
+            target.execute("DELETE FROM files")
+            target.execute("VACUUM")
         finally:
             target.close()
 
