@@ -34,6 +34,10 @@ BACKUP_POINTS = (
     "report",            # everything is done but the run report
 )
 
+RESTORE_POINTS = (
+    "restore-unpacking",  # tar -x has taken some of the chain into the hidden work directory
+)
+
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import EncryptionConfig, human_size
 from ..errors import OrchestratorError
+from ..faults import crash_point
 from ..progress import Progress
 from . import codec
 from .catalog import Catalog
@@ -29,7 +30,7 @@ from .download import download_verified
 from .retrieval import forget, readable_jobs
 from .layout import Layout, remove_tree
 from .stores import Store
-from .treehash import file_digests
+from .treehash import file_sha256
 
 TAR_EXTRACT = [
     "tar", "--extract", "--file=-", "--listed-incremental=/dev/null",
@@ -158,25 +159,28 @@ class Restorer:
 
     # fetching ---------------------------------------------------------------------------
     def locate(self, chain, slugs: list[str]) -> tuple[dict[tuple[str, str], Path], list]:
-        """Intact staging copies by (set, part name), and the parts that must come from the store."""
+        """Intact staging copies by (set, part name), and the parts that must come from the store.
+
+        Local copies are hashed in parallel (one per worker), before anything is unpacked.
+        """
+        wanted = [(row, part) for row in chain for slug in slugs for part in self.catalog.parts(row["id"], slug)]
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="check") as pool:
+            copies = list(pool.map(lambda item: self.intact_local_copy(*item), wanted))
         local, remote = {}, []
-        for row in chain:
-            for slug in slugs:
-                for part in self.catalog.parts(row["id"], slug):
-                    path = self.intact_local_copy(row, part)
-                    if path is not None:
-                        local[(row["id"], part["name"])] = path
-                    elif not part["archive_id"]:
-                        raise OrchestratorError(f"part {part['name']} of set {row['id']} was never stored")
-                    else:
-                        remote.append((row, part))
+        for (row, part), path in zip(wanted, copies):
+            if path is not None:
+                local[(row["id"], part["name"])] = path
+            elif not part["archive_id"]:
+                raise OrchestratorError(f"part {part['name']} of set {row['id']} was never stored")
+            else:
+                remote.append((row, part))
         return local, remote
 
     def intact_local_copy(self, row, part) -> Path | None:
         path = self.layout.complete / row["id"] / part["name"]
         if not self.use_local or row["local_state"] != "complete" or not path.exists():
             return None
-        if file_digests(path)[0] == part["sha256"]:
+        if path.stat().st_size == part["size"] and file_sha256(path) == part["sha256"]:
             return path
         self.progress.warn(f"local copy {path} is corrupted; fetching part from {self.store.name}")
         return None
@@ -221,6 +225,7 @@ class Restorer:
                     sink, current = TarSink(tree, source.set_id), i
                 sink.write(data)
                 total += len(data)
+                crash_point("restore-unpacking")
             if sink is not None:
                 sink.finish()
                 sink = None

@@ -67,6 +67,17 @@ def file_digests(path: Path) -> tuple[str, str, int]:
     return sha256, tree_hash, size
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 alone: what checking a local copy against the catalog needs (half the work of file_digests)."""
+    sha = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(READ_SIZE)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            sha.update(view[:n])
+    return sha.hexdigest()
+
+
 def file_hashes(path: Path) -> tuple[str, str, int, bytes]:
     """(sha256, tree hash, size, leaf digests concatenated): the leaves verify any 1 MiB-aligned range."""
     sha = hashlib.sha256()
