@@ -2,100 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from backupcheck import backup_child, processes_tagged, store_matches_catalog
 from conftest import summary_value
 from treecmp import fingerprint
 
 from orchestrator.lock import held_lock
 
-ROOT = Path(__file__).resolve().parent.parent
-CHILD = """
-import json, sys
-sys.path.insert(0, {root!r})
-from orchestrator.job import execute
-from orchestrator.backup import jobs
-config = json.load(open(sys.argv[1]))
-config["run"] = {{"dry": False}}
-sys.exit(execute(config, "backup", jobs.backup))
-"""
-
-
-def start_backup_process(site, tag: str = "") -> subprocess.Popen:
-    cfg = site.root / "config.json"
-    cfg.write_text(json.dumps(site.config))
-    return subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT)), str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GEO_TEST_TAG": tag})
-
-
-def processes_tagged(tag: str) -> list[int]:
-    """Live processes that inherited our tag: a child's codecs, even after reparenting."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"GEO_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def slow_big_tree(site) -> tuple[Path, Path]:
+def two_directories(site) -> tuple[Path, Path]:
+    """A small directory (one part) and a bigger one (several 1M parts), backed up in that order."""
     small = site.root / "small"
     small.mkdir()
     (small / "s.txt").write_text("small and quick\n")
-    (site.data / "random.bin").write_bytes(os.urandom(14 * 1024 * 1024))
+    (site.data / "random.bin").write_bytes(os.urandom(6 * 1024 * 1024))
     site.set("backup.directories", [str(small), str(site.data)])
-    site.set("backup.compression", {"codec": "xz", "level": 9, "extreme": True, "workers": 2})
     return small, site.data
 
 
-def kill_when_stored(site, proc, at_least: int) -> None:
-    archives = site.root / "store" / "backups" / "archives"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if archives.is_dir() and len(list(archives.glob("*.json"))) >= at_least:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"backup ended before it could be killed: {proc.stdout.read().decode()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("backup never stored enough parts")
-
-
-def store_matches_catalog(site) -> None:
-    """Every catalogued part is stored exactly once and nothing else is in the store."""
-    with site.catalog() as cat:
-        parts = [p for p in cat.all_parts() if cat.get_set(p["set_id"])["status"] == "complete"]
-        manifests = {r["manifest_id"] for r in cat.sets(status="complete")}
-        catalog_copy = cat.meta("catalog_copy_archive")
-    stored = [a.archive_id for a in site.store().list()]
-    assert len(stored) == len(set(stored))
-    assert sorted(stored) == sorted([p["archive_id"] for p in parts] + list(manifests) + [catalog_copy])
+def killed_at(site, point: str) -> None:
+    """A real backup process, SIGKILLed with its process group at ``point``; nothing of it survives."""
+    tag = f"faults-{point}-{os.getpid()}-{time.monotonic_ns()}"
+    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": point})
+    out = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode == -9, f"never reached {point}: {out}"
+    assert processes_tagged(tag) == []
 
 
 def test_kill_9_mid_backup_then_resume_stores_nothing_twice(site, tmp_path):
-    small, big = slow_big_tree(site)
-    proc = start_backup_process(site)
-    kill_when_stored(site, proc, at_least=3)
+    small, big = two_directories(site)
+    killed_at(site, "part-stored@3")
     with site.catalog() as cat:
         (inflight,) = cat.sets(status="inflight")
         (slug,) = [d["slug"] for d in cat.dirs(inflight["id"]) if d["path"] == str(small)]
         small_parts = {p["archive_id"] for p in cat.parts(inflight["id"], slug) if p["archive_id"]}
-    assert small_parts, "the small directory was done and stored before the kill"
+        stored_before = {p["archive_id"] for p in cat.parts(inflight["id"]) if p["status"] == "stored"}
+    assert len(small_parts) == 1, "the small directory was done and stored before the kill"
+    assert len(stored_before) == 3
     assert not list((site.staging / "complete").iterdir())
 
     code, out = site.backup()
@@ -111,37 +61,57 @@ def test_kill_9_mid_backup_then_resume_stores_nothing_twice(site, tmp_path):
 
 
 def test_kill_9_then_discard_removes_every_trace_of_the_unfinished_set(site):
-    slow_big_tree(site)
-    proc = start_backup_process(site)
-    kill_when_stored(site, proc, at_least=2)
+    two_directories(site)
+    killed_at(site, "manifest-stored")
     site.set("backup.on_inflight", "discard")
-    site.set("backup.compression", {"codec": "xz", "level": 1, "extreme": False, "workers": 2})
     code, out = site.backup()
     assert code == 0, out
     with site.catalog() as cat:
         assert [r["status"] for r in cat.sets()] == ["discarded", "complete"]
     store_matches_catalog(site)
     assert [p.name for p in (site.staging / "inflight").iterdir()] == []
+    assert len(list((site.root / "state" / "snapshots" / "testhost").iterdir())) == 1
 
 
 def test_sigterm_stops_the_backup_cleanly_and_it_resumes(site, tmp_path):
-    slow_big_tree(site)
+    """SIGTERM (a Jenkins abort) once the first part is stored: exit 130, no codec left, the rerun resumes."""
+    two_directories(site)
+    site.set("backup.compression", {"codec": "xz", "level": 9, "extreme": True, "workers": 2})
     tag = f"sigterm-{os.getpid()}-{time.monotonic_ns()}"
-    proc = start_backup_process(site, tag)
-    archives = site.root / "store" / "backups" / "archives"
-    while not (archives.is_dir() and list(archives.glob("*.json"))):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=30)[0].decode()
+    proc = backup_child(site, tag)
+    try:
+        wait_for_stored_part(site, proc)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, out
     assert "stopped by SIGTERM" in out
     assert processes_tagged(tag) == [], "no codec process outlives the run"
+    site.set("backup.compression", {"codec": "xz", "level": 1, "extreme": False, "workers": 2})
     code, out = site.backup()
     assert code == 0, out
     assert summary_value(out, "kind") == "full (resumed)"
     store_matches_catalog(site)
     assert site.restore(tmp_path / "r")[0] == 0
     assert fingerprint(tmp_path / "r" / site.data.relative_to("/")) == fingerprint(site.data)
+
+
+def wait_for_stored_part(site, proc, deadline_s: float = 120) -> None:
+    """The event: the catalog says a part is stored. The deadline only turns a hang into a failure."""
+    db = site.root / "state" / "catalog.sqlite"
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"backup ended before it could be signalled: {proc.stdout.read().decode()}")
+        if db.exists():
+            with sqlite3.connect(db, timeout=5) as conn:
+                if conn.execute("SELECT COUNT(*) FROM parts WHERE status = 'stored'").fetchone()[0]:
+                    return
+        time.sleep(0.05)
+    pytest.fail(f"no part was stored within {deadline_s:.0f} s")
 
 
 def test_second_backup_refuses_while_one_runs(site):
