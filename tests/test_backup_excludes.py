@@ -85,3 +85,27 @@ def test_restore_with_set_but_no_target_is_an_error(site):
     code, out = site.run("restore", lambda run: jobs.restore(run, None, set_id))
     assert code == 2
     assert "--target: say where to restore (a new or empty directory)" in out
+
+
+def test_the_example_site_never_backs_up_its_own_staging_state_or_store(tmp_path):
+    import copy
+    import io
+    from pathlib import Path
+
+    import yaml
+
+    from orchestrator.job import execute
+
+    example = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "site.yaml").read_text())
+    config = copy.deepcopy(example)
+    config["backup"]["directories"] = ["/var"]
+    config["backup"]["hooks"] = []
+    config["backup"]["min_free_space"] = 0
+    config["run"] = {"dry": True}
+    out = io.StringIO()
+    assert execute(config, "backup", jobs.backup, out=out) == 0, out.getvalue()
+    for path, key in [("/var/tmp/gentoo-ec2-orchestrator", "backup.staging_dir"),
+                      ("/var/lib/gentoo-ec2-orchestrator", "orchestrator.state_dir"),
+                      ("/var/backups/gentoo-ec2-orchestrator/store", "backup.store.path")]:
+        assert f"[dry-run] excluding {path} ({key}): it lies inside a backed-up directory" in out.getvalue()
+    assert "--anchored --exclude=var/cache/distfiles --no-anchored" in out.getvalue()
