@@ -437,6 +437,5 @@ class BackupRun:
             "rate": f"{human_size(totals['plain'] / elapsed if elapsed else 0)}/s",
             "store": self.store.name,
             "local_sets_pruned": ", ".join(removed) or "none",
-            "bytes_read": totals["plain"],
-            "bytes_stored": totals["stored"],
+            "bytes": {"read": totals["plain"], "stored": totals["stored"]},  # exact, for monitoring (JSON only)
         }

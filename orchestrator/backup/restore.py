@@ -245,13 +245,11 @@ class Restorer:
             while window:
                 yield window.popleft().result()
 
-    def decode_one(self, source: PartSource) -> bytes:
+    def decode_one(self, source: PartSource) -> memoryview:
         argv = codec.decompress_argv(source.codec)
-        if source.encrypted:
-            data = run_chain([codec.decrypt_argv(self.encryption), argv], source.path)
-        else:
-            data = run_chain([argv], source.path)
-        if hashlib.sha256(data).hexdigest() != source.plain_sha256:
+        stages = [codec.decrypt_argv(self.encryption), argv] if source.encrypted else [argv]
+        data = run_chain(stages, source.path, source.plain_size)
+        if len(data) != source.plain_size or hashlib.sha256(data).hexdigest() != source.plain_sha256:
             raise OrchestratorError(f"part {source.name} of set {source.set_id} decoded to different bytes "
                                     "than were backed up; nothing more was unpacked")
         return data
@@ -289,9 +287,11 @@ class TarSink:
         self.err.close()
 
 
-def run_chain(stages: list[list[str]], path: Path) -> bytes:
+def run_chain(stages: list[list[str]], path: Path, expected_size: int) -> memoryview:
     """``stage1 < path | stage2 ...``, returning the last stage's stdout.
 
+    The output is read straight into one buffer of the size the catalog expects
+    (no growing and joining of pieces); a longer output shows as one byte more.
     Each stage has its own stderr, so when gpg fails the admin reads gpg's
     reason ("No secret key"), not xz's complaint about the empty stream after it.
     """
@@ -306,7 +306,7 @@ def run_chain(stages: list[list[str]], path: Path) -> bytes:
             stdin = proc.stdout
             procs.append(proc)
             errs.append(err)
-        data = procs[-1].stdout.read()
+        data = read_exactly(procs[-1].stdout, expected_size + 1)
         procs[-1].stdout.close()
         codes = [p.wait() for p in procs]
         if any(codes):
@@ -317,6 +317,19 @@ def run_chain(stages: list[list[str]], path: Path) -> bytes:
                 (text.decode(errors="replace").strip().splitlines() or [""])[-1]
             raise OrchestratorError(f"{stages[first][0]} failed on {path.name}" + (f": {reason}" if reason else ""))
     return data
+
+
+def read_exactly(stream, limit: int) -> memoryview:
+    """Up to ``limit`` bytes from ``stream`` into one preallocated buffer; the rest is left unread."""
+    buf = bytearray(limit)
+    view = memoryview(buf)
+    filled = 0
+    while filled < limit:
+        got = stream.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return view[:filled]
 
 
 def check_target(target: Path) -> None:
