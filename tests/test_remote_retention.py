@@ -88,6 +88,10 @@ def test_young_sets_in_cold_storage_are_kept_with_the_charge_shown(site, monkeyp
     assert old in stored_sets(site), "--dry deletes nothing"
 
     code, out = site.run("prune", lambda r: jobs.prune(r))
+    assert code == 0, out
+    assert f"keeping expired set {old}: 30 days old" in out and "(60 days left)" in out
+    assert "warning: kept 1 expired set(s) younger than the vault minimum storage duration" in out
+    assert summary_value(out, "sets_expired") == "0"
     assert old in stored_sets(site)
     code, out = site.run("prune", lambda r: jobs.prune(r, force=True))
     assert code == 0, out

@@ -81,10 +81,7 @@ def apply_remote_retention(catalog: Catalog, store: Store, layout: Layout, cfg: 
                                 cfg.remote_retention.max_age_days, now)
     plans = [expiry(catalog, set_id, store.storage_key, cfg.prices, now) for set_id in ids]
     for plan in plans:
-        charge = f", early-deletion charge about ${plan.early_charge:.2f} ({plan.early_days_left:.0f} days left)" \
-            if plan.too_young else ""
-        echo(f"{'would delete' if dry else 'expiring'} set {plan.set_id}: {plan.age_days:.0f} days old, "
-             f"{human_size(plan.stored_bytes)} in {store.name}{charge}")
+        echo(retention_line(plan, store.name, dry=dry, force=force))
     if dry:
         return [p.set_id for p in plans], []
     warnings = []
@@ -96,6 +93,17 @@ def apply_remote_retention(catalog: Catalog, store: Store, layout: Layout, cfg: 
                             "inv prune --force deletes them now")
         plans = [p for p in plans if not p.too_young]
     return expire_remote(catalog, store, layout, plans, force=force), warnings
+
+
+def retention_line(plan, store_name: str, *, dry: bool, force: bool) -> str:
+    """What happens to one expired set, and what deleting it early costs."""
+    where = f"{plan.age_days:.0f} days old, {human_size(plan.stored_bytes)} in {store_name}"
+    charge = f"early-deletion charge about ${plan.early_charge:.2f} ({plan.early_days_left:.0f} days left)"
+    if dry:
+        return f"would delete set {plan.set_id}: {where}" + (f", {charge}" if plan.too_young else "")
+    if plan.too_young and not force:
+        return f"keeping expired set {plan.set_id}: {where}, younger than the minimum storage duration, {charge}"
+    return f"expiring set {plan.set_id}: {where}" + (f", {charge}" if plan.too_young else "")
 
 
 def cost_line(catalog: Catalog, store: Store, cfg: BackupConfig) -> str:
