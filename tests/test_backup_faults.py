@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from conftest import summary_value
 from treecmp import fingerprint
 
 from orchestrator.lock import held_lock
+
+ROOT = Path(__file__).resolve().parent.parent
 
 def two_directories(site) -> tuple[Path, Path]:
     """A small directory (one part) and a bigger one (several 1M parts), backed up in that order."""
@@ -185,3 +188,37 @@ def test_catalog_v1_is_migrated_in_place_and_keeps_its_sets(site, tmp_path):
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(parts)")}
     assert {"leaves", "upload_id"} <= columns
+
+
+def test_ctrl_c_to_a_real_inv_process_group_cleans_up_and_the_rerun_resumes(site, tmp_path):
+    """A terminal's Ctrl-C: SIGINT to the whole foreground process group of a real ``inv backup``."""
+    import yaml
+
+    two_directories(site)
+    site.set("backup.compression", {"codec": "xz", "level": 9, "extreme": True, "workers": 2})
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site.config))
+    tag = f"sigint-{os.getpid()}-{time.monotonic_ns()}"
+    inv = Path(sys.executable).with_name("inv")
+    proc = subprocess.Popen([str(inv), "-f", str(site_file), "backup"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "GEO_TEST_TAG": tag})
+    try:
+        wait_for_stored_part(site, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "interrupted (Ctrl-C); cleaned up" in out
+    assert processes_tagged(tag) == []
+    with site.catalog() as cat:
+        (row,) = cat.sets()
+        assert row["status"] == "inflight" and row["error"]
+    site.set("backup.compression", {"codec": "xz", "level": 1, "extreme": False, "workers": 2})
+    code, out = site.backup()
+    assert code == 0, out
+    assert summary_value(out, "kind") == "full (resumed)"
+    store_matches_catalog(site)
