@@ -7,25 +7,19 @@ fake and set only in the environment dict the caller passes to boto3/children.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from daemons import free_port, running
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAMOTOTESTKEY00001",
     "AWS_SECRET_ACCESS_KEY": "moto-test-secret-never-logged-0000000000",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -44,29 +38,17 @@ class MotoServer:
 
 @contextmanager
 def running_moto(log_path=None):
+    """moto on a free loopback port; ready when its API answers; stopped with its process group."""
     port = free_port()
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **FAKE_CREDENTIALS},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start on port {port}")
-                time.sleep(0.1)
-        yield MotoServer(port, proc)
-    finally:
-        proc.terminate()
+
+    def answers() -> bool:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log_path:
-            log.close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with running(argv, what=f"moto server on port {port}", ready=answers, log=log_path,
+                 env={**os.environ, **FAKE_CREDENTIALS}) as proc:
+        yield MotoServer(port, proc)

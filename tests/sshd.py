@@ -10,13 +10,13 @@ needs.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from daemons import free_port, port_answers, running
 
 SSHD = "/usr/sbin/sshd"  # absolute: sshd re-executes itself and refuses a relative path
 LOOPBACK = "127.0.0.1"
@@ -30,13 +30,6 @@ class SshServer:
     key_filename: str  # client private key authorized for ``user``
     known_hosts: str  # known_hosts file that trusts exactly this server
     log_path: str  # sshd's own log (``-e``), for debugging a failed test
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nobody listens on right now (racy by nature, good enough for tests)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def sshd_config(tmp: Path, port: int) -> str:
@@ -77,15 +70,9 @@ def running_sshd(tmp_dir: str | os.PathLike, *, start_timeout: float = 10.0) -> 
     (tmp / "known_hosts").write_text(f"[{LOOPBACK}]:{port} {' '.join(host_key)}\n")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log_path = tmp / "sshd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_listening(proc, port, start_timeout, log_path)
+    argv = [SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")]
+    with running(argv, what=f"sshd on {LOOPBACK}:{port}", ready=port_answers(LOOPBACK, port), log=log_path,
+                 timeout=start_timeout):
         yield SshServer(
             host=LOOPBACK,
             port=port,
@@ -94,8 +81,6 @@ def running_sshd(tmp_dir: str | os.PathLike, *, start_timeout: float = 10.0) -> 
             known_hosts=str(tmp / "known_hosts"),
             log_path=str(log_path),
         )
-    finally:
-        _stop(proc)
 
 
 def _keygen(path: Path) -> None:
@@ -105,29 +90,3 @@ def _keygen(path: Path) -> None:
         stdin=subprocess.DEVNULL,
         capture_output=True,
     )
-
-
-def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"sshd exited {proc.returncode}: {log}")
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    _stop(proc)
-    raise RuntimeError(f"sshd did not listen on {LOOPBACK}:{port} within {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop this sshd only (its own pid; session children die with their connections)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
