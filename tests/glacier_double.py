@@ -34,7 +34,7 @@ Fault injection for tests: :meth:`GlacierDouble.fail` answers the next N
 requests of a route with an error (503 ThrottlingException by default, which
 botocore retries); :meth:`GlacierDouble.corrupt_next_output` flips one byte of
 the next archive output(s), sending the checksum of the good bytes (corruption
-in transit) or none; :meth:`GlacierDouble.corrupt_next_upload` flips one byte of
+in transit) or none, or cuts it off half-way; :meth:`GlacierDouble.corrupt_next_upload` flips one byte of
 the next uploaded archive or part as it arrives, which the tree-hash check then
 refuses as AWS would; ``part_delay`` slows each accepted part down so a test can
 kill an uploader mid-way.  Counters (``part_puts``, ``requests``, ``outputs()``) let
@@ -147,7 +147,7 @@ class GlacierDouble:
         self.requests: list[tuple[str, str]] = []  # (operation, path)
         self.ranges: list[tuple[str, str]] = []  # (operation, Range header or ""), in step with requests
         self.faults: dict[str, list[Fault]] = {}
-        self.corruptions: list[str] = []  # per pending corruption: "original" or "none" (checksum sent)
+        self.corruptions: list[str] = []  # per pending corruption: "original", "none" (checksum sent) or "cut"
         self.upload_corruptions = 0
         self.inflight = 0
         self._clients: dict[str, object] = {}
@@ -176,8 +176,11 @@ class GlacierDouble:
             self.faults.setdefault(operation, []).extend([Fault(status, code, message)] * times)
 
     def corrupt_next_output(self, times: int = 1, checksum: str = "original") -> None:
-        """Flip one byte of the next archive output(s); send the good bytes' checksum (``original``) or none."""
-        assert checksum in ("original", "none")
+        """Flip one byte of the next archive output(s); send the good bytes' checksum (``original``) or none.
+
+        ``checksum="cut"`` instead sends the first half of the output and hangs up (a transfer broken off).
+        """
+        assert checksum in ("original", "none", "cut")
         with self.lock:
             self.corruptions.extend([checksum] * times)
 
@@ -465,6 +468,8 @@ class GlacierDouble:
             out["x-amz-sha256-tree-hash"] = tree_hash(data)
         with self.lock:
             corruption = self.corruptions.pop(0) if self.corruptions and data else None
+        if corruption == "cut":
+            return self._reply_cut(req, 206 if wanted else 200, out, data)
         if corruption:
             flipped = bytearray(data)
             flipped[len(flipped) // 2] ^= 0xFF
@@ -477,6 +482,16 @@ class GlacierDouble:
         self._reply(req, 200, out, data)
 
     # plumbing ------------------------------------------------------------------------------------------
+    def _reply_cut(self, req, status: int, headers: dict, payload: bytes) -> None:
+        """Promise the whole payload, send half of it, hang up."""
+        req.send_response(status)
+        for key, value in headers.items():
+            req.send_header(key, value)
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload[: len(payload) // 2])
+        req.close_connection = True
+
     def _proxy(self, req, body: bytes, drop=()) -> tuple[int, list, bytes]:
         conn = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
         try:

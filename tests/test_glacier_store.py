@@ -540,6 +540,22 @@ def test_a_range_corrupted_every_time_fails_in_one_line_and_nothing_is_kept(retr
     assert not dest.exists() and not list(tmp_path.iterdir()), "nothing written as good, no leftovers"
 
 
+def test_an_output_cut_off_midway_is_read_again_by_our_layer(retrieved, double, tmp_path, monkeypatch):
+    """botocore never re-sends a request whose response it already returned: a broken body is ours to retry."""
+    store, archive_id, job_id, data, part = retrieved
+    slept = recorded_sleeps(store, monkeypatch)
+    before = double.outputs()
+    double.corrupt_next_output(1, checksum="cut")
+    with pytest.raises(CorruptRangeError, match="transfer broke off"):
+        store.read_range(archive_id, 0, MIB, job_id)
+    double.corrupt_next_output(1, checksum="cut")
+    assert store.get_bytes(archive_id) == data, "the streamed whole-archive read too"
+    double.corrupt_next_output(1, checksum="cut")
+    assert download_verified(store, part, tmp_path / "part", workers=1, job_id=job_id) == 1
+    assert (tmp_path / "part").read_bytes() == data
+    assert double.outputs() - before == 1 + 2 + 3 and len(slept) == 2
+
+
 def test_throttled_reads_are_retried_by_botocore_alone(retrieved, double, tmp_path, monkeypatch):
     _, archive_id, job_id, data, part = retrieved
     store = make_store(double, "retrieve", max_attempts=3)

@@ -527,16 +527,21 @@ class GlacierVaultStore(Store):
         resp = self._output(archive_id, job_id, what, jobId=job_id)
         what = f"{self.name}: {what}"
         hasher = TreeHasher()
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in resp["body"].iter_chunks(STREAM_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-        except botocore.exceptions.BotoCoreError as exc:
-            raise CorruptRangeError(what, f"transfer broke off ({type(exc).__name__})") from None
+        with open(tmp, "wb") as out:
+            for chunk in _body_chunks(resp["body"], what):
+                hasher.update(chunk)
+                out.write(chunk)
         checksum = resp.get("checksum")
         if checksum and hasher.hexdigest() != checksum:
             raise CorruptRangeError(what, "bytes do not match the tree hash AWS sent with them")
+
+
+def _body_chunks(body, what: str):
+    """The response body in chunks; a transfer that breaks off is ``CorruptRangeError`` (a local write error is not)."""
+    try:
+        yield from body.iter_chunks(STREAM_CHUNK)
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        raise CorruptRangeError(what, f"transfer broke off ({type(exc).__name__})") from None
 
 
 def _newest(jobs: list[dict]) -> dict | None:
