@@ -34,9 +34,11 @@ Fault injection for tests: :meth:`GlacierDouble.fail` answers the next N
 requests of a route with an error (503 ThrottlingException by default, which
 botocore retries); :meth:`GlacierDouble.corrupt_next_output` flips one byte of
 the next archive output(s), sending the checksum of the good bytes (corruption
-in transit) or none; ``part_delay`` slows each accepted part down so a test can
-kill an uploader mid-way.  Counters (``part_puts``, ``requests``) let tests
-assert what was actually sent.
+in transit) or none, or cuts it off half-way; :meth:`GlacierDouble.corrupt_next_upload` flips one byte of
+the next uploaded archive or part as it arrives, which the tree-hash check then
+refuses as AWS would; ``part_delay`` slows each accepted part down so a test can
+kill an uploader mid-way.  Counters (``part_puts``, ``requests``, ``outputs()``) let
+tests assert what was actually sent.
 """
 
 from __future__ import annotations
@@ -143,8 +145,10 @@ class GlacierDouble:
         self.completed: dict[str, str] = {}  # upload id -> archive id
         self.tree_hashes: dict[str, str] = {}  # archive id -> real tree hash (uploads that went through here)
         self.requests: list[tuple[str, str]] = []  # (operation, path)
+        self.ranges: list[tuple[str, str]] = []  # (operation, Range header or ""), in step with requests
         self.faults: dict[str, list[Fault]] = {}
-        self.corruptions: list[str] = []  # per pending corruption: "original" or "none" (checksum sent)
+        self.corruptions: list[str] = []  # per pending corruption: "original", "none" (checksum sent) or "cut"
+        self.upload_corruptions = 0
         self.inflight = 0
         self._clients: dict[str, object] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -172,20 +176,34 @@ class GlacierDouble:
             self.faults.setdefault(operation, []).extend([Fault(status, code, message)] * times)
 
     def corrupt_next_output(self, times: int = 1, checksum: str = "original") -> None:
-        """Flip one byte of the next archive output(s); send the good bytes' checksum (``original``) or none."""
-        assert checksum in ("original", "none")
+        """Flip one byte of the next archive output(s); send the good bytes' checksum (``original``) or none.
+
+        ``checksum="cut"`` instead sends the first half of the output and hangs up (a transfer broken off).
+        """
+        assert checksum in ("original", "none", "cut")
         with self.lock:
             self.corruptions.extend([checksum] * times)
+
+    def corrupt_next_upload(self, times: int = 1) -> None:
+        """Flip one byte of the next ``times`` uploaded archives or parts as they arrive (damage in transit)."""
+        with self.lock:
+            self.upload_corruptions += times
 
     def clear_faults(self) -> None:
         with self.lock:
             self.faults.clear()
             self.corruptions.clear()
+            self.upload_corruptions = 0
             self.part_delay = 0.0
 
     def calls(self, operation: str) -> list[str]:
         with self.lock:
             return [path for op, path in self.requests if op == operation]
+
+    def outputs(self, range_header: str | None = None) -> int:
+        """How many ``get_job_output`` requests arrived (with exactly this ``Range`` header, when given)."""
+        with self.lock:
+            return sum(1 for op, rng in self.ranges if op == "get_job_output" and range_header in (None, rng))
 
     def wait_idle(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -230,10 +248,13 @@ class GlacierDouble:
         operation = OPERATIONS.get((kind, req.command), "other")
         with self.lock:
             self.requests.append((operation, path))
+            self.ranges.append((operation, req.headers.get("Range") or ""))
             queued = self.faults.get(operation)
             fault = queued.pop(0) if queued else None
         if fault is not None:
             return self._error(req, fault.status, fault.code, fault.message)
+        if operation in ("upload_archive", "upload_multipart_part") and body and self._take_upload_corruption():
+            body = body[: len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1 :]
         try:
             handler = getattr(self, f"_op_{operation}", None)
             if handler is None:
@@ -241,6 +262,13 @@ class GlacierDouble:
             handler(req, groups, query, body)
         except GlacierError as exc:
             self._error(req, exc.status, exc.code, exc.message)
+
+    def _take_upload_corruption(self) -> bool:
+        with self.lock:
+            if self.upload_corruptions:
+                self.upload_corruptions -= 1
+                return True
+            return False
 
     def _region(self, req) -> str:
         match = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/glacier/", req.headers.get("Authorization") or "")
@@ -440,6 +468,8 @@ class GlacierDouble:
             out["x-amz-sha256-tree-hash"] = tree_hash(data)
         with self.lock:
             corruption = self.corruptions.pop(0) if self.corruptions and data else None
+        if corruption == "cut":
+            return self._reply_cut(req, 206 if wanted else 200, out, data)
         if corruption:
             flipped = bytearray(data)
             flipped[len(flipped) // 2] ^= 0xFF
@@ -452,6 +482,16 @@ class GlacierDouble:
         self._reply(req, 200, out, data)
 
     # plumbing ------------------------------------------------------------------------------------------
+    def _reply_cut(self, req, status: int, headers: dict, payload: bytes) -> None:
+        """Promise the whole payload, send half of it, hang up."""
+        req.send_response(status)
+        for key, value in headers.items():
+            req.send_header(key, value)
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload[: len(payload) // 2])
+        req.close_connection = True
+
     def _proxy(self, req, body: bytes, drop=()) -> tuple[int, list, bytes]:
         conn = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
         try:

@@ -28,6 +28,7 @@ from glacier_double import GlacierDouble, is_tree_hash_aligned, running_double
 from moto_server import FAKE_CREDENTIALS, running_moto
 from orchestrator.backup import metadata
 from orchestrator.backup.download import download_verified
+from orchestrator.backup.retry import Backoff, CorruptRangeError
 from orchestrator.backup.stores import open_store
 from orchestrator.backup.stores.base import ARCHIVE_JOURNAL_PREFIX
 from orchestrator.backup.stores.glacier import (
@@ -346,6 +347,30 @@ def test_a_killed_upload_resumes_sending_only_the_missing_parts(double, tmp_path
     assert journal.load() == ARCHIVE_JOURNAL_PREFIX + archive_id
 
 
+def test_an_upload_damaged_in_transit_is_refused_once_and_the_rerun_resumes(double, tmp_path):
+    """No layer of ours re-sends an upload; AWS refuses a damaged one (400, which botocore does not retry)."""
+    store = make_store(double, "damaged-upload", part_size=MIB, upload_workers=1)
+    small, sha, tree, _ = blob(tmp_path, 1000, "small")
+    double.corrupt_next_upload(1)
+    with pytest.raises(OrchestratorError) as err:
+        store.put(small, description=describe(sha), sha256=sha, tree_hash=tree)
+    assert one_line(err.value).startswith(
+        f"{store.name}: upload small: InvalidParameterValueException: Checksum mismatch")
+    assert len(calls(double, "upload_archive", "damaged-upload")) == 1
+
+    big, sha, tree, _ = blob(tmp_path, 3 * MIB + 3, "big", seed=77)
+    journal = FileJournal(tmp_path / "journal")
+    double.corrupt_next_upload(1)
+    with pytest.raises(OrchestratorError) as err:
+        store.put(big, description=describe(sha), sha256=sha, tree_hash=tree, journal=journal)
+    assert f"{store.name}: upload part 1/4 of big: InvalidParameterValueException: Checksum mismatch" \
+        in one_line(err.value)
+    upload_id = journal.load()
+    assert len(calls(double, "upload_multipart_part", "damaged-upload")) == 1 and double.part_puts[upload_id] == []
+    archive_id = store.put(big, description=describe(sha), sha256=sha, tree_hash=tree, journal=journal)
+    assert sorted(double.part_puts[upload_id]) == [0, MIB, 2 * MIB, 3 * MIB] and double.tree_hashes[archive_id] == tree
+
+
 def test_throttling_answers_are_retried_and_the_upload_succeeds(double, tmp_path):
     store = make_store(double, "throttled", part_size=MIB, upload_workers=2)
     path, sha, tree, _ = blob(tmp_path, 3 * MIB + 3)
@@ -426,6 +451,7 @@ def retrieved(double, tmp_path_factory):
     store = make_store(double, "retrieve", part_size=MIB, retrieval_tier="Expedited")
     path, sha, tree, leaves = blob(tmp, 9 * MIB + 12345)
     archive_id = store.put(path, description=describe(sha), sha256=sha, tree_hash=tree)
+    store.backoff = Backoff(sleep=lambda seconds: None)  # never wait in tests; some record their delays
     first = store.request_retrieval(archive_id, "Expedited", 1)
     assert first.state == "pending" and first.eta_hours == pytest.approx(0.08)
     assert store.request_retrieval(archive_id, "Expedited", 1).job_id == first.job_id, "idempotent"
@@ -465,16 +491,113 @@ def test_an_expired_job_output_is_not_ready_and_asks_for_a_new_request(retrieved
     assert store.read_range(archive_id, 0, MIB, job_id) == data[:MIB], "the job is looked up afresh"
 
 
-def test_a_range_corrupted_in_transit_is_caught_by_its_tree_hash_and_fetched_again(retrieved, double):
+def recorded_sleeps(store: GlacierVaultStore, monkeypatch) -> list[float]:
+    """The store's retry layer records its delays instead of sleeping; returns the record."""
+    slept: list[float] = []
+    monkeypatch.setattr(store, "backoff", Backoff(sleep=slept.append))
+    return slept
+
+
+FIRST_RANGE = f"bytes=0-{8 * MIB - 1}"  # the first 8 MiB range of a download (tree-hash aligned)
+
+
+def test_a_range_read_is_one_request_checked_against_the_tree_hash_aws_sends(retrieved, double):
     store, archive_id, job_id, data, _ = retrieved
-    before = len(double.calls("get_job_output"))
+    before = double.outputs()
     double.corrupt_next_output(1, checksum="original")
+    with pytest.raises(CorruptRangeError) as err:
+        store.read_range(archive_id, 2 * MIB, 4 * MIB, job_id)
+    assert "bytes do not match the tree hash AWS sent with them" in one_line(err.value)
+    assert double.outputs() - before == 1, "the store never loops: its caller retries"
     assert store.read_range(archive_id, 2 * MIB, 4 * MIB, job_id) == data[2 * MIB : 4 * MIB]
-    assert len(double.calls("get_job_output")) - before == 2
+
+
+def test_a_range_corrupted_twice_is_read_exactly_three_times_then_written(retrieved, double, tmp_path, monkeypatch):
+    store, archive_id, job_id, data, part = retrieved
+    slept = recorded_sleeps(store, monkeypatch)
+    before, first = double.outputs(), double.outputs(FIRST_RANGE)
+    double.corrupt_next_output(2, checksum="original")
+    dest = tmp_path / "part"
+    assert download_verified(store, part, dest, workers=1, job_id=job_id) == 2
+    assert dest.read_bytes() == data
+    assert double.outputs(FIRST_RANGE) - first == 3 and double.outputs() - before == 4, "the second range once"
+    assert len(slept) == 2 and 0 < slept[0] < slept[1]
+
+
+def test_a_range_corrupted_every_time_fails_in_one_line_and_nothing_is_kept(retrieved, double, tmp_path,
+                                                                             monkeypatch):
+    store, archive_id, job_id, data, part = retrieved
+    slept = recorded_sleeps(store, monkeypatch)
+    first = double.outputs(FIRST_RANGE)
     double.corrupt_next_output(3, checksum="original")
+    dest = tmp_path / "part"
     with pytest.raises(OrchestratorError) as err:
+        download_verified(store, part, dest, workers=1, job_id=job_id, label="part etc.tar.000000.xz of set s1")
+    assert one_line(err.value) == (
+        f"part etc.tar.000000.xz of set s1 is corrupted in {store.name}: bytes 0-{8 * MIB - 1}: "
+        "bytes do not match the tree hash AWS sent with them; failed verification 3 times")
+    assert double.outputs(FIRST_RANGE) - first == 3 and len(slept) == 2
+    assert not dest.exists() and not list(tmp_path.iterdir()), "nothing written as good, no leftovers"
+
+
+def test_an_output_cut_off_midway_is_read_again_by_our_layer(retrieved, double, tmp_path, monkeypatch):
+    """botocore never re-sends a request whose response it already returned: a broken body is ours to retry."""
+    store, archive_id, job_id, data, part = retrieved
+    slept = recorded_sleeps(store, monkeypatch)
+    before = double.outputs()
+    double.corrupt_next_output(1, checksum="cut")
+    with pytest.raises(CorruptRangeError, match="transfer broke off"):
         store.read_range(archive_id, 0, MIB, job_id)
-    assert "do not match the tree hash" in one_line(err.value)
+    double.corrupt_next_output(1, checksum="cut")
+    assert store.get_bytes(archive_id) == data, "the streamed whole-archive read too"
+    double.corrupt_next_output(1, checksum="cut")
+    assert download_verified(store, part, tmp_path / "part", workers=1, job_id=job_id) == 1
+    assert (tmp_path / "part").read_bytes() == data
+    assert double.outputs() - before == 1 + 2 + 3 and len(slept) == 2
+
+
+def test_throttled_reads_are_retried_by_botocore_alone(retrieved, double, tmp_path, monkeypatch):
+    _, archive_id, job_id, data, part = retrieved
+    store = make_store(double, "retrieve", max_attempts=3)
+    slept = recorded_sleeps(store, monkeypatch)
+    first = double.outputs(FIRST_RANGE)
+    double.fail("get_job_output", 2)
+    assert download_verified(store, part, tmp_path / "part", workers=1, job_id=job_id) == 0
+    assert (tmp_path / "part").read_bytes() == data
+    assert double.outputs(FIRST_RANGE) - first == 3 and slept == [], "throttling succeeds, with no re-read of ours"
+
+    first = double.outputs(FIRST_RANGE)
+    double.fail("get_job_output", 10)
+    with pytest.raises(OrchestratorError) as err:
+        download_verified(store, part, tmp_path / "again", workers=1, job_id=job_id)
+    double.clear_faults()
+    assert "ThrottlingException" in one_line(err.value) and "failed verification" not in str(err.value)
+    assert double.outputs(FIRST_RANGE) - first == 3, "botocore's 3 attempts, not multiplied by ours"
+    assert slept == [] and not (tmp_path / "again").exists()
+
+
+def test_whole_archive_reads_are_verified_and_retried_by_one_layer(retrieved, double, tmp_path, monkeypatch):
+    store, archive_id, job_id, data, _ = retrieved
+    slept = recorded_sleeps(store, monkeypatch)
+    before = double.outputs("")
+    double.corrupt_next_output(2, checksum="original")
+    assert store.read_range(archive_id, 0, -1, job_id) == data
+    assert double.outputs("") - before == 3 and len(slept) == 2 and 0 < slept[0] < slept[1]
+
+    double.corrupt_next_output(3, checksum="original")
+    dest = tmp_path / "whole"
+    with pytest.raises(OrchestratorError) as err:
+        store.get(archive_id, dest)
+    assert one_line(err.value) == (f"{store.name}: read archive {archive_id[:16]}...: bytes do not match the tree "
+                                   "hash AWS sent with them; failed verification 3 times")
+    assert double.outputs("") - before == 6 and len(slept) == 4
+    assert not list(tmp_path.iterdir()), "no partial file is left"
+
+    double.fail("get_job_output", 10)
+    with pytest.raises(OrchestratorError, match="ThrottlingException"):
+        store.get_bytes(archive_id)
+    double.clear_faults()
+    assert double.outputs("") - before == 11 and len(slept) == 4, "botocore's 5 attempts, no sleep of ours"
 
 
 def test_a_corrupted_range_without_checksum_is_refetched_by_download_verified(retrieved, double, tmp_path):

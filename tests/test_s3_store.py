@@ -3,16 +3,19 @@
 Nothing in boto3 is mocked.  The proxy below is a plain forwarding HTTP server on
 127.0.0.1: it passes every request to moto and only answers chosen requests
 itself (503 SlowDown, 409 RestoreAlreadyInProgress, an error echoing the
-request's signature) or rewrites chosen response headers (``x-amz-restore:
+request's signature), rewrites chosen response headers (``x-amz-restore:
 ongoing-request="true"``, which moto never sends because its restores finish at
-once; a wrong ``x-amz-checksum-sha256``).  That is how throttling, a pending
-restore and a damaged upload are produced without a mock.
+once; a wrong ``x-amz-checksum-sha256``) or damages chosen response bodies (one
+byte flipped, or cut off half-way).  That is how throttling, a pending restore,
+a damaged upload and a damaged download are produced without a mock.  It logs
+every request it sees (``proxy.seen``), so tests count what the server got.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import threading
 import time
@@ -28,6 +31,7 @@ from treecmp import fingerprint
 
 from orchestrator.backup import metadata
 from orchestrator.backup.download import download_verified
+from orchestrator.backup.retry import Backoff, CorruptRangeError
 from orchestrator.backup.stores.s3 import S3Store
 from orchestrator.backup.treehash import file_hashes
 from orchestrator.config import MIB, MIN_STORAGE_DAYS, Size, StoreConfig
@@ -94,6 +98,13 @@ def count_calls(store: S3Store) -> list[str]:
     return calls
 
 
+def no_waiting(store: S3Store) -> list[float]:
+    """The store's retry layer records its delays instead of sleeping; returns the record."""
+    slept: list[float] = []
+    store.backoff = Backoff(sleep=slept.append)
+    return slept
+
+
 def assert_one_clean_line(text: str) -> None:
     assert text and "\n" not in text, repr(text)
     assert SECRET not in text and KEY_ID not in text, text
@@ -109,17 +120,24 @@ def error_xml(code: str, message: str) -> bytes:
 
 
 class Rule:
-    def __init__(self, method, times, when, reply=None, headers=None):
+    def __init__(self, method, times, when, reply=None, headers=None, damage=None):
         self.method, self.left, self.when, self.reply, self.headers = method, times, when, reply, headers
+        self.damage = damage
+        self.kind = "reply" if reply is not None else "damage" if damage is not None else "rewrite"
         self.used = 0
 
 
+def flip_middle_byte(data: bytes) -> bytes:
+    return data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :]
+
+
 class FaultProxy:
-    """Forwards to moto; the first ``times`` matching requests get a canned answer or rewritten headers."""
+    """Forwards to moto; the first ``times`` matching requests get a canned answer, new headers or a damaged body."""
 
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.rules: list[Rule] = []
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, Range header) of every request
         self.lock = threading.Lock()
         proxy = self
 
@@ -142,7 +160,9 @@ class FaultProxy:
 
             def handle_any(self):
                 body = self.read_body()
-                rule = proxy.take(self.command, self.path, self.headers, replies=True)
+                with proxy.lock:
+                    proxy.seen.append((self.command, self.path, self.headers.get("Range", "")))
+                rule = proxy.take(self.command, self.path, self.headers, "reply")
                 if rule is not None:
                     status, payload = rule.reply(self)
                     self.send_response(status)
@@ -165,10 +185,11 @@ class FaultProxy:
                 finally:
                     upstream.close()
                 if status == 200:
-                    rewrite = proxy.take(self.command, self.path, self.headers, replies=False)
+                    rewrite = proxy.take(self.command, self.path, self.headers, "rewrite")
                     if rewrite is not None:
                         names = {k.lower() for k in rewrite.headers}
                         out = [(k, v) for k, v in out if k.lower() not in names] + list(rewrite.headers.items())
+                damage = proxy.take(self.command, self.path, self.headers, "damage") if status in (200, 206) else None
                 self.send_response(status)
                 for k, v in out:
                     if self.command == "HEAD" or k.lower() != "content-length":
@@ -176,8 +197,13 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                if self.command == "HEAD":
+                    return
+                if damage is not None and damage.damage == "truncate":
+                    self.wfile.write(data[: len(data) // 2])  # then hang up: the body breaks off mid-way
+                    self.close_connection = True
+                    return
+                self.wfile.write(flip_middle_byte(data) if damage is not None and data else data)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_any
 
@@ -189,11 +215,10 @@ class FaultProxy:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def take(self, method, path, headers, *, replies: bool) -> Rule | None:
+    def take(self, method, path, headers, kind: str) -> Rule | None:
         with self.lock:
             for rule in self.rules:
-                if (rule.reply is not None) == replies and rule.left and rule.method == method \
-                        and rule.when(path, headers):
+                if rule.kind == kind and rule.left and rule.method == method and rule.when(path, headers):
                     rule.left -= 1
                     rule.used += 1
                     return rule
@@ -214,6 +239,17 @@ class FaultProxy:
         rule = Rule(method, times, when, headers=headers)
         self.rules.append(rule)
         return rule
+
+    def damage(self, method, times, how="flip", when=lambda path, headers: True) -> Rule:
+        """The next ``times`` matching answers arrive damaged: one byte flipped, or cut off half-way (``truncate``)."""
+        rule = Rule(method, times, when, damage=how)
+        self.rules.append(rule)
+        return rule
+
+    def gets(self, range_header: str | None = None) -> int:
+        """How many GETs reached the proxy (with exactly this ``Range`` header, when given)."""
+        with self.lock:
+            return sum(1 for method, _, rng in self.seen if method == "GET" and range_header in (None, rng))
 
 
 @pytest.fixture
@@ -404,6 +440,7 @@ def test_pending_restores_as_aws_reports_them(moto, s3, proxy, tmp_path):
 
 def test_an_upload_s3_holds_differently_is_removed_and_reported(moto, s3, proxy, tmp_path):
     store = make_store(proxy.endpoint_url)
+    calls = count_calls(store)
     path, sha, tree, _ = write(tmp_path / "p", os.urandom(9 * MIB))
     proxy.rewrite("HEAD", 1, {"x-amz-checksum-sha256": "A" * 43 + "="})
     with pytest.raises(OrchestratorError) as err:
@@ -411,6 +448,24 @@ def test_an_upload_s3_holds_differently_is_removed_and_reported(moto, s3, proxy,
     assert "checksum differs" in str(err.value)
     assert_one_clean_line(str(err.value))
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "the bad object is not left looking good"
+    assert [calls.count(op) for op in ("CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
+                                       "DeleteObject")] == [1, 2, 1, 1], "sent once, removed, not sent again"
+    assert sum(1 for method, path, _ in proxy.seen if method == "PUT" and "partNumber=" in path) == 2
+
+
+def test_a_part_s3_refuses_as_damaged_is_sent_once_and_fails_in_one_line(moto, s3, proxy, tmp_path):
+    """S3 checks each part's SHA-256 on arrival (moto does not: the proxy answers as S3 would)."""
+    store = make_store(proxy.endpoint_url, max_attempts=5)
+    path, sha, tree, _ = write(tmp_path / "p", os.urandom(9 * MIB))
+    first_part = lambda path, headers: bool(re.search(r"[?&]partNumber=1(&|$)", path))  # noqa: E731
+    refused = proxy.fail("PUT", 10, status=400, code="BadDigest",
+                         message="The SHA256 you specified did not match the calculated checksum.", when=first_part)
+    with pytest.raises(OrchestratorError) as err:
+        store.put(path, description=part_desc(sha), sha256=sha, tree_hash=tree)
+    assert_one_clean_line(str(err.value))
+    assert str(err.value).startswith(f"{store.name}: uploading p to ") and "BadDigest" in str(err.value)
+    assert refused.used == 1, "neither botocore nor the store sent the refused part again"
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 # errors ----------------------------------------------------------------------------------
@@ -472,6 +527,129 @@ def test_throttling_and_5xx_are_retried(moto, s3, proxy, tmp_path):
         impatient.read_range(key, 0, 10)
     assert "SlowDown" in str(err.value)
     assert_one_clean_line(str(err.value))
+
+
+# verified reads: botocore retries requests, our one layer re-reads wrong answers ----------------
+SECOND_RANGE = f"bytes={8 * MIB}-{16 * MIB - 1}"  # the second 8 MiB range of a download
+
+
+def stored_part(store: S3Store, tmp_path: Path, size: int) -> tuple[bytes, dict]:
+    path, sha, tree, leaves = write(tmp_path / "p", os.urandom(size))
+    key = store.put(path, description=part_desc(sha), sha256=sha, tree_hash=tree)
+    return path.read_bytes(), {"name": "etc.tar.000000.xz", "archive_id": key, "size": size, "sha256": sha,
+                               "tree_hash": tree, "leaves": leaves}
+
+
+def is_range(header: str):
+    return lambda path, headers: headers.get("Range") == header
+
+
+def test_a_range_damaged_twice_is_read_exactly_three_times_with_growing_delays(moto, s3, proxy, tmp_path):
+    store = make_store(proxy.endpoint_url)
+    slept = no_waiting(store)
+    data, part = stored_part(store, tmp_path, 20 * MIB + 5)
+    damaged = proxy.damage("GET", 2, when=is_range(SECOND_RANGE))
+    dest = tmp_path / "fetched"
+    before = proxy.gets()
+    assert download_verified(store, part, dest, workers=3) == 2, "two re-reads"
+    assert dest.read_bytes() == data
+    assert damaged.used == 2 and proxy.gets(SECOND_RANGE) == 3
+    assert proxy.gets() - before == 5, "the other two ranges once each"
+    assert len(slept) == 2 and 0 < slept[0] < slept[1]
+
+
+def test_a_range_damaged_every_time_fails_after_three_reads_and_nothing_is_kept(moto, s3, proxy, tmp_path):
+    store = make_store(proxy.endpoint_url)
+    slept = no_waiting(store)
+    _, part = stored_part(store, tmp_path, 20 * MIB + 5)
+    proxy.damage("GET", 100, when=is_range(SECOND_RANGE))
+    dest = tmp_path / "fetched"
+    with pytest.raises(OrchestratorError) as err:
+        download_verified(store, part, dest, workers=1, label="part etc.tar.000000.xz of set S1")
+    text = str(err.value)
+    assert_one_clean_line(text)
+    assert text == (f"part etc.tar.000000.xz of set S1 is corrupted in {store.name}: bytes {8 * MIB}-{16 * MIB - 1}: "
+                    "MiB 12 does not match the catalog's leaf hash; failed verification 3 times")
+    assert proxy.gets(SECOND_RANGE) == 3 and len(slept) == 2
+    assert not dest.exists() and not list(tmp_path.glob(".fetched*")), "nothing written as good, no leftovers"
+
+
+def test_a_body_cut_off_midway_is_read_again_by_our_layer(moto, s3, proxy, tmp_path):
+    """botocore never re-sends a request whose response it already returned: a broken body is ours to retry."""
+    store = make_store(proxy.endpoint_url)
+    slept = no_waiting(store)
+    data, part = stored_part(store, tmp_path, 20 * MIB + 5)
+    proxy.damage("GET", 1, how="truncate", when=is_range(SECOND_RANGE))
+    with pytest.raises(CorruptRangeError, match="transfer broke off"):
+        store.read_range(part["archive_id"], 8 * MIB, 16 * MIB)
+    assert proxy.gets(SECOND_RANGE) == 1, "a range read on its own is one request: its caller retries"
+    proxy.damage("GET", 1, how="truncate", when=is_range(SECOND_RANGE))
+    assert download_verified(store, part, tmp_path / "fetched", workers=2) == 1
+    assert (tmp_path / "fetched").read_bytes() == data
+    assert proxy.gets(SECOND_RANGE) == 3 and len(slept) == 1
+
+
+def test_throttled_reads_are_botocores_alone_and_still_succeed(moto, s3, proxy, tmp_path):
+    store = make_store(proxy.endpoint_url, max_attempts=3)
+    slept = no_waiting(store)
+    data, part = stored_part(store, tmp_path, 5 * MIB)  # one range
+    whole_range = f"bytes=0-{5 * MIB - 1}"
+    proxy.fail("GET", 2, when=is_range(whole_range))
+    dest = tmp_path / "fetched"
+    assert download_verified(store, part, dest) == 0, "no re-read of ours"
+    assert dest.read_bytes() == data and proxy.gets(whole_range) == 3 and slept == []
+
+    throttled = proxy.fail("GET", 100, when=is_range(whole_range))
+    with pytest.raises(OrchestratorError) as err:
+        download_verified(store, part, tmp_path / "again")
+    assert "SlowDown" in str(err.value) and "failed verification" not in str(err.value)
+    assert_one_clean_line(str(err.value))
+    assert throttled.used == 3 == store.cfg.max_attempts, "botocore's attempts, not multiplied by ours"
+    assert slept == [] and not (tmp_path / "again").exists()
+
+
+def test_whole_archive_reads_are_verified_and_retried_by_one_layer(moto, s3, proxy, tmp_path):
+    store = make_store(proxy.endpoint_url, max_attempts=3)
+    slept = no_waiting(store)
+    body = b'{"format": "geo1", "parts": []}' * 100
+    manifest = store.put_bytes(body, description=metadata.manifest_description(host="web1", set_id="S1"))
+    whole = lambda path, headers: "Range" not in headers and object_key(path)  # noqa: E731
+    damaged = proxy.damage("GET", 2, when=whole)
+    assert store.get_bytes(manifest) == body
+    assert proxy.gets("") == 3 and len(slept) == 2 and 0 < slept[0] < slept[1]
+
+    damaged.left = 100
+    with pytest.raises(OrchestratorError) as err:
+        store.read_range(manifest, 0, -1)
+    assert_one_clean_line(str(err.value))
+    assert str(err.value) == (f"{store.name}: reading archive {manifest}: bytes do not match the checksum S3 "
+                              "sent with them; failed verification 3 times")
+    assert proxy.gets("") == 6
+
+    damaged.left = 0
+    throttled = proxy.fail("GET", 100, when=whole)
+    with pytest.raises(OrchestratorError, match="SlowDown"):
+        store.get_bytes(manifest)
+    assert throttled.used == 3 and proxy.gets("") == 9 and len(slept) == 4, "botocore's 3, no sleep of ours"
+
+    throttled.left = 0
+    with pytest.raises(OrchestratorError, match="not in the store"):
+        store.read_range(manifest + ".gone", 0, -1)
+    assert proxy.gets("") == 10, "a missing archive is asked for once"
+
+
+def test_a_whole_multipart_object_is_checked_against_the_sha256_stored_with_it(moto, s3, proxy, tmp_path):
+    """botocore cannot check a multipart object's composite checksum on a GET; the stored sha256 catches it."""
+    store = make_store(proxy.endpoint_url)
+    slept = no_waiting(store)
+    data, part = stored_part(store, tmp_path, 9 * MIB)
+    before = proxy.gets("")
+    proxy.damage("GET", 1, when=lambda path, headers: "Range" not in headers and object_key(path))
+    with pytest.raises(CorruptRangeError, match="do not match the sha256 stored with the object"):
+        store._read_once(part["archive_id"], 0, -1, None)
+    proxy.damage("GET", 1, when=lambda path, headers: "Range" not in headers and object_key(path))
+    assert store.read_range(part["archive_id"], 0, -1) == data
+    assert proxy.gets("") - before == 3 and len(slept) == 1
 
 
 def test_no_key_material_in_errors_even_when_the_server_echoes_it(moto, s3, proxy, tmp_path):

@@ -15,12 +15,19 @@ SECRETISH = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,}|(?i:signature|credential|token
 
 
 def client(service: str, cfg: StoreConfig):
-    """A client for ``service`` using env, profile or instance role; retries with backoff."""
+    """A client for ``service`` using env, profile or instance role; retries with backoff.
+
+    ``backup.store.max_attempts`` counts every request, the first included
+    (botocore's ``total_max_attempts``; its ``max_attempts`` in a ``Config``
+    would count retries only, one request more than the setting says).  These
+    are the only retries of a request: ``..retry`` re-reads an answer that
+    arrived wrong, never one botocore gave up on.
+    """
     try:
         session = boto3.Session(profile_name=cfg.profile or None, region_name=cfg.region or None)
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError(f"backup.store.profile: AWS profile {cfg.profile!r} not found") from None
-    config = Config(retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+    config = Config(retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
                     region_name=cfg.region or session.region_name or "us-east-1",
                     max_pool_connections=max(10, cfg.upload_workers * 2),
                     s3={"addressing_style": "path"} if cfg.endpoint_url else None)

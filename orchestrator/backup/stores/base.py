@@ -3,6 +3,15 @@
 A store behaves like a Glacier vault: it hands back opaque archive ids, checks
 tree hashes on the way in, and can list what it holds (an inventory) with each
 archive's description, so a lost catalog can be rebuilt from the store alone.
+
+Reads and retries (see ``..retry``): a backend implements ``_read_once``, one
+request whose answer it checks as far as the answer allows (length, a hash sent
+with it), raising ``CorruptRangeError`` when it is wrong, and never loops.
+``read_range`` of a range is that one read: its caller verifies it against the
+catalog's leaves and retries (``download.download_verified``).  ``read_range``
+with ``end=-1`` and ``get`` read whole small archives (manifests, catalog
+copies) whose callers have nothing to check them against, so they are retried
+here, through the same ``verified_read`` and the store's ``backoff``.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..retry import Backoff, verified_read
 from ..treehash import bytes_digests
 
 
@@ -65,6 +75,8 @@ class UploadJournal(Protocol):
 class Store(ABC):
     #: key into MIN_STORAGE_DAYS and PriceConfig (lower-cased) for retention and the cost line
     storage_key: str = "directory"
+    #: how a verified read of this store is retried (``..retry``); tests inject a sleeper here
+    backoff: Backoff = Backoff()
 
     @property
     @abstractmethod
@@ -84,12 +96,27 @@ class Store(ABC):
         given one that holds an id, resumes that upload instead of starting over.
         """
 
-    @abstractmethod
     def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
-        """Bytes ``[start, end)`` of a readable archive (``job_id``: a finished retrieval job)."""
+        """Bytes ``[start, end)`` of a readable archive (``end=-1``: to its end; ``job_id``: a finished retrieval).
+
+        A range (``end >= 0``) is read once; ``end=-1`` is a whole-archive read
+        and is retried when its answer is wrong (see the module docstring).
+        """
+        if end >= 0:
+            return self._read_once(archive_id, start, end, job_id)
+        return verified_read(lambda: self._read_once(archive_id, start, end, job_id),
+                             f"{self.name}: reading archive {self._label(archive_id)}", self.backoff)
+
+    def _label(self, archive_id: str) -> str:
+        """How a message names an archive (stores with long opaque ids shorten them)."""
+        return archive_id
+
+    @abstractmethod
+    def _read_once(self, archive_id: str, start: int, end: int, job_id: str | None) -> bytes:
+        """One read of ``[start, end)``, checked as far as the answer allows; ``CorruptRangeError`` when wrong."""
 
     def get(self, archive_id: str, dest: Path) -> None:
-        """Write the whole archive to ``dest`` (small archives: manifests, catalogs)."""
+        """Write the whole archive to ``dest`` (small archives: manifests, catalogs), retried when wrong."""
         data = self.read_range(archive_id, 0, -1)
         tmp = dest.with_name(dest.name + ".part")
         tmp.write_bytes(data)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ...errors import OrchestratorError
+from ..retry import Backoff
 from ..treehash import file_digests
 from .base import ArchiveInfo, Store
 
@@ -19,7 +20,13 @@ class DirectoryStore(Store):
 
     An upload lands in ``incoming/`` first and is renamed into place only after
     its tree hash matched, so a crash never leaves a half archive that looks whole.
+
+    A verified read that came back wrong is read again at once: backing off
+    gives a remote service or a network time to recover, and a local (or NAS)
+    file system that returned bad bytes is not helped by waiting.
     """
+
+    backoff = Backoff(first=0.0)
 
     def __init__(self, path: Path, vault: str):
         self.root = Path(path) / vault
@@ -63,6 +70,9 @@ class DirectoryStore(Store):
         os.replace(sidecar, self.archives / f"{archive_id}.json")
         return archive_id
 
+    def _label(self, archive_id: str) -> str:
+        return archive_id[:16] + "..."
+
     def _existing(self, archive_id: str) -> Path:
         if not (self.archives / f"{archive_id}.json").exists():
             raise OrchestratorError(f"{self.name}: archive {archive_id[:16]}... is not in the store")
@@ -74,7 +84,7 @@ class DirectoryStore(Store):
         shutil.copyfile(source, tmp)
         os.replace(tmp, dest)
 
-    def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
+    def _read_once(self, archive_id: str, start: int, end: int, job_id: str | None) -> bytes:
         with open(self._existing(archive_id), "rb") as fh:
             fh.seek(start)
             return fh.read() if end < 0 else fh.read(end - start)

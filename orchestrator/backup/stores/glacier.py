@@ -19,6 +19,14 @@ daily inventory.  So this store:
 Multipart uploads that a crash left unfinished are not aborted on purpose: they
 are what a resume continues.  AWS drops an upload id it has not seen completed
 within about 24 hours; an expired id simply starts a new upload.
+
+Retries (see ``..retry``): botocore retries every request (throttling, 5xx,
+connection errors).  An upload AWS refuses for its tree hash (a part or archive
+damaged in transit) fails at once, with one line; a multipart upload stays open
+in the journal, so the rerun sends only the parts AWS lacks.  A read checks the
+body's length and the tree hash AWS sends with an aligned range or a whole
+output, and raises ``CorruptRangeError`` without looping; ``download`` (ranges)
+or ``Store.read_range(end=-1)`` / ``get`` (whole archives) fetch it again.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import botocore.exceptions
 from ...config import StoreConfig
 from ...errors import ConfigError, NotReadyError, OrchestratorError
 from .. import metadata
+from ..retry import CorruptRangeError, verified_read
 from ..treehash import MIB, TreeHasher, combine
 from .aws import aws_error, client
 from .base import ARCHIVE_JOURNAL_PREFIX, RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store, UploadJournal
@@ -48,7 +57,6 @@ MAX_PART_SIZE = 4 * GIB
 MAX_ARCHIVE_SIZE = MAX_PARTS * MAX_PART_SIZE  # 40,000 GiB
 TIERS = ("Expedited", "Standard", "Bulk")
 INVENTORY_HOURS = 4.0  # AWS: "most inventory jobs complete within about 4 hours"
-READ_ATTEMPTS = 3  # a range whose length or tree hash is wrong is fetched again this many times
 STREAM_CHUNK = 8 * MIB
 #: error codes meaning "no such vault / upload / job" (moto says VaultNotFound for a vault)
 NOT_FOUND = ("ResourceNotFoundException", "VaultNotFound")
@@ -468,12 +476,16 @@ class GlacierVaultStore(Store):
                                 "expired (outputs last 24 hours); request the retrieval again")
         return resp
 
-    def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
-        """Bytes ``[start, end)`` of a retrieved archive (``end=-1``: to the end), checked on arrival.
+    def _label(self, archive_id: str) -> str:
+        return _short(archive_id)
 
-        The length must match; when AWS sends a tree hash (a tree-hash aligned
-        range, or the whole output) the bytes must match it too.  A bad answer
-        is fetched again up to ``READ_ATTEMPTS`` times.
+    def _read_once(self, archive_id: str, start: int, end: int, job_id: str | None) -> bytes:
+        """One ``get_job_output`` of ``[start, end)`` (``end=-1``: to the end), checked on arrival.
+
+        The body must arrive whole and the length match; when AWS sends a tree
+        hash (a tree-hash aligned range, or the whole output) the bytes must
+        match it too.  A wrong answer is ``CorruptRangeError`` for the caller's
+        retry layer (``..retry``); this never loops.
         """
         if 0 <= end <= start:
             return b""
@@ -484,49 +496,52 @@ class GlacierVaultStore(Store):
         elif start:
             params["range"] = f"bytes={start}-"
         what = f"read archive {_short(archive_id)} bytes {start}-{'end' if end < 0 else end - 1}"
-        problem = ""
-        for _ in range(READ_ATTEMPTS):
-            resp = self._output(archive_id, job_id, what, **params)
-            try:
-                data = resp["body"].read()
-            except (botocore.exceptions.BotoCoreError, OSError) as exc:
-                problem = f"transfer broke off ({type(exc).__name__})"
-                continue
-            if end >= 0 and len(data) != end - start:
-                problem = f"got {len(data)} bytes for a range of {end - start}"
-                continue
-            checksum = resp.get("checksum")
-            if checksum and tree_hash_bytes(data).hex() != checksum:
-                problem = "bytes do not match the tree hash AWS sent with them"
-                continue
-            return data
-        raise OrchestratorError(f"{self.name}: {what}: {problem}, {READ_ATTEMPTS} times")
+        resp = self._output(archive_id, job_id, what, **params)
+        what = f"{self.name}: {what}"
+        try:
+            data = resp["body"].read()
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise CorruptRangeError(what, f"transfer broke off ({type(exc).__name__})") from None
+        if end >= 0 and len(data) != end - start:
+            raise CorruptRangeError(what, f"got {len(data)} bytes for a range of {end - start}")
+        checksum = resp.get("checksum")
+        if checksum and tree_hash_bytes(data).hex() != checksum:
+            raise CorruptRangeError(what, "bytes do not match the tree hash AWS sent with them")
+        return data
 
     def get(self, archive_id: str, dest: Path) -> None:
-        """The whole archive into ``dest``, streamed (memory stays flat), tree hash checked when AWS sends one."""
+        """The whole archive into ``dest``, streamed (memory stays flat), retried when its tree hash is wrong."""
         job_id = self._readable_job(archive_id, None)
         tmp = dest.with_name(dest.name + ".part")
+        what = f"{self.name}: read archive {_short(archive_id)}"
+        try:
+            verified_read(lambda: self._stream_once(archive_id, job_id, tmp), what, self.backoff)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, dest)
+
+    def _stream_once(self, archive_id: str, job_id: str, tmp: Path) -> None:
+        """One whole job output into ``tmp``, checked against the tree hash AWS sends with it."""
         what = f"read archive {_short(archive_id)}"
-        problem = ""
-        for _ in range(READ_ATTEMPTS):
-            resp = self._output(archive_id, job_id, what, jobId=job_id)
-            hasher = TreeHasher()
-            try:
-                with open(tmp, "wb") as out:
-                    for chunk in resp["body"].iter_chunks(STREAM_CHUNK):
-                        hasher.update(chunk)
-                        out.write(chunk)
-            except (botocore.exceptions.BotoCoreError, OSError) as exc:
-                problem = f"transfer broke off ({type(exc).__name__})"
-                continue
-            checksum = resp.get("checksum")
-            if checksum and hasher.hexdigest() != checksum:
-                problem = "bytes do not match the tree hash AWS sent with them"
-                continue
-            os.replace(tmp, dest)
-            return
-        tmp.unlink(missing_ok=True)
-        raise OrchestratorError(f"{self.name}: {what}: {problem}, {READ_ATTEMPTS} times")
+        resp = self._output(archive_id, job_id, what, jobId=job_id)
+        what = f"{self.name}: {what}"
+        hasher = TreeHasher()
+        with open(tmp, "wb") as out:
+            for chunk in _body_chunks(resp["body"], what):
+                hasher.update(chunk)
+                out.write(chunk)
+        checksum = resp.get("checksum")
+        if checksum and hasher.hexdigest() != checksum:
+            raise CorruptRangeError(what, "bytes do not match the tree hash AWS sent with them")
+
+
+def _body_chunks(body, what: str):
+    """The response body in chunks; a transfer that breaks off is ``CorruptRangeError`` (a local write error is not)."""
+    try:
+        yield from body.iter_chunks(STREAM_CHUNK)
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        raise CorruptRangeError(what, f"transfer broke off ({type(exc).__name__})") from None
 
 
 def _newest(jobs: list[dict]) -> dict | None:

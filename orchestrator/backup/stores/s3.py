@@ -42,6 +42,15 @@ s3:ListBucketMultipartUploads and s3:AbortMultipartUpload on the bucket.
 ``list`` is the whole listing under the prefix: objects in our layout are read
 with one HEAD each (in parallel) for their metadata; anything else is listed
 with an empty description, which the catalog code treats as foreign.
+
+Retries (see ``..retry``): botocore retries every request (throttling, 5xx,
+connection errors); s3transfer adds no retries of its own to uploads.  An
+upload that S3 holds differently from the file (size, metadata or checksum) is
+deleted and ``put`` fails with one line, never uploading twice on its own.  A
+read is one GET whose body must arrive whole and at the right length (a whole
+object also matching the sha256 stored with it); a wrong one raises
+``CorruptRangeError`` for ``download`` (ranges) or ``Store.read_range(end=-1)``
+/ ``get`` (whole archives) to fetch again.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from ...config import MIB, StoreConfig
 from ...errors import ConfigError, NotReadyError, OrchestratorError
 from .. import metadata
 from ..layout import PART_DIGITS
+from ..retry import CorruptRangeError
 from ..treehash import TreeHasher
 from . import aws
 from .base import RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store
@@ -78,9 +88,9 @@ MANIFEST_NAME = "MANIFEST.json"
 CATALOG_NAME = "CATALOG"
 SET_FILES = {"manifest": MANIFEST_NAME, "catalog": CATALOG_NAME}
 BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
-STREAM_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
-                 botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
-READ_ATTEMPTS = 3
+#: what reading a response body raises when the bytes did not all arrive
+BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
+               botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
 
 
 def _component(text: str) -> str:
@@ -338,34 +348,51 @@ class S3Store(Store):
             raise OrchestratorError(f"{what}: {problem}; the object was removed, the local part is kept")
 
     # read -------------------------------------------------------------------------------
-    def read_range(self, archive_id: str, start: int, end: int, job_id: str | None = None) -> bytes:
-        if end >= 0 and end <= start:
+    def _read_once(self, archive_id: str, start: int, end: int, job_id: str | None) -> bytes:
+        """One GET (retried by botocore only), its body checked; a wrong answer is ``CorruptRangeError``.
+
+        Checked here: the body arrived whole (a transfer that breaks off after
+        the response began is past botocore's retries), its length, and for a
+        whole object the sha256 stored with it (botocore itself checks S3's
+        SHA-256 checksum of a whole single-part object as it streams in).
+        """
+        if 0 <= end <= start:
             return b""
+        what = f"{self.name}: reading {archive_id}" + (f" bytes {start}-{end - 1}" if end >= 0 else "")
+        response = self._get_object(archive_id, start, end, what)
+        try:
+            data = response["Body"].read()
+        except botocore.exceptions.FlexibleChecksumError:
+            raise CorruptRangeError(what, "bytes do not match the checksum S3 sent with them") from None
+        except BODY_ERRORS as exc:
+            raise CorruptRangeError(what, f"transfer broke off ({type(exc).__name__})") from None
+        expected = end - start if end >= 0 else response.get("ContentLength")
+        if expected is not None and len(data) != expected:
+            raise CorruptRangeError(what, f"got {len(data)} bytes, expected {expected}")
+        sha256 = self._meta(response, META_SHA256)
+        if start == 0 and end < 0 and sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise CorruptRangeError(what, "bytes do not match the sha256 stored with the object")
+        return data
+
+    def _get_object(self, archive_id: str, start: int, end: int, what: str) -> dict:
         args = {"Bucket": self.bucket, "Key": archive_id}
         if end >= 0:
             args["Range"] = f"bytes={start}-{end - 1}"
         elif start:
             args["Range"] = f"bytes={start}-"
-        what = f"{self.name}: reading {archive_id}"
-        for attempt in range(READ_ATTEMPTS):
-            try:
-                response = self.client.get_object(**args)
-                return response["Body"].read()
-            except botocore.exceptions.ClientError as exc:
-                code = self._code(exc)
-                if code == "InvalidObjectState":
-                    cls = exc.response.get("Error", {}).get("StorageClass") or "cold storage"
-                    raise NotReadyError(f"{what}: the object is in {cls} and not restored yet; request a "
-                                        "retrieval (inv restore does) and try again when it is ready") from None
-                if code in ("NoSuchKey", "404"):
-                    raise OrchestratorError(f"{what}: archive {archive_id} is not in the store") from None
-                raise self._error(exc, what) from None
-            except STREAM_ERRORS as exc:
-                if attempt == READ_ATTEMPTS - 1:
-                    raise self._error(exc, what) from None
-            except botocore.exceptions.BotoCoreError as exc:
-                raise self._error(exc, what) from None
-        raise AssertionError("unreachable")
+        try:
+            return self.client.get_object(**args)
+        except botocore.exceptions.ClientError as exc:
+            code = self._code(exc)
+            if code == "InvalidObjectState":
+                cls = exc.response.get("Error", {}).get("StorageClass") or "cold storage"
+                raise NotReadyError(f"{what}: the object is in {cls} and not restored yet; request a "
+                                    "retrieval (inv restore does) and try again when it is ready") from None
+            if code in ("NoSuchKey", "404"):
+                raise OrchestratorError(f"{what}: archive {archive_id} is not in the store") from None
+            raise self._error(exc, what) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, what) from None
 
     # retrieval --------------------------------------------------------------------------
     @staticmethod
