@@ -7,6 +7,10 @@ from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.job import run_task
 
+# invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
+# (a syntax error is "file:line: problem" and exit 2, not a traceback).
+config.adopt()
+
 
 @task
 def backup(c):

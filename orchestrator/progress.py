@@ -1,4 +1,9 @@
-"""Progress: tqdm bars on a terminal, plain timestamped lines in cron and Jenkins."""
+"""Progress: tqdm bars on a terminal, plain timestamped lines in cron and Jenkins.
+
+Where each kind of line goes, so that ``inv backup >/dev/null`` in cron mails
+only what needs a human: plain progress lines on stdout; warnings on stderr;
+tqdm bars on stderr (they are drawn on the terminal, never kept in a log).
+"""
 
 from __future__ import annotations
 
@@ -14,30 +19,33 @@ class Progress:
     """Say things and count things, in a way that suits where output goes.
 
     ``mode`` is ``bar`` (tqdm), ``plain`` (one line per event and periodic
-    totals), ``quiet`` (only warnings and errors) or ``auto`` (bar on a TTY).
+    totals), ``quiet`` (only warnings and errors) or ``auto`` (bars when
+    stderr, where they are drawn, is a terminal).  Messages and plain lines go
+    to stdout, bars and warnings to stderr; ``stream`` sends both to one place.
     """
 
     def __init__(self, mode: str = "auto", stream=None):
-        self.stream = stream or sys.stderr
+        self.out = stream if stream is not None else sys.stdout
+        self.err = stream if stream is not None else sys.stderr
         if mode == "auto":
-            mode = "bar" if self.stream.isatty() else "plain"
+            mode = "bar" if self.err.isatty() else "plain"
         self.mode = mode
         self._bars: list = []
 
     def say(self, message: str) -> None:
         if self.mode == "quiet":
             return
-        self._emit(message)
+        self._emit(message, self.out)
 
     def warn(self, message: str) -> None:
-        self._emit(f"WARNING: {message}")
+        self._emit(f"WARNING: {message}", self.err)
 
-    def _emit(self, message: str) -> None:
+    def _emit(self, message: str, stream) -> None:
         if self.mode == "bar" and self._bars:
-            tqdm.write(message, file=self.stream)
+            tqdm.write(message, file=stream)
         else:
             stamp = time.strftime("%H:%M:%S")
-            print(f"{stamp} {message}" if self.mode == "plain" else message, file=self.stream, flush=True)
+            print(f"{stamp} {message}" if self.mode == "plain" else message, file=stream, flush=True)
 
     def counter(self, desc: str, total: int | None = None, unit: str = "B") -> "Counter":
         return Counter(self, desc, total, unit)
@@ -55,7 +63,7 @@ class Counter:
         if progress.mode == "bar":
             self._bar = tqdm(
                 total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
-                file=progress.stream, leave=False, dynamic_ncols=True,
+                file=progress.err, leave=False, dynamic_ncols=True,
             )
             progress._bars.append(self._bar)
 

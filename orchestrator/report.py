@@ -42,26 +42,36 @@ class RunReport:
             "summary": self.summary,
         }
 
-    def write(self, reports_dir: Path) -> Path:
-        """Write ``<job>-<time>.json`` atomically and point ``<job>-latest.json`` at it."""
+    def write(self, reports_dir: Path, latest: bool = True) -> Path:
+        """Write ``<job>-<time>-<pid>.json`` atomically; with ``latest``, point ``<job>-latest.json`` at it.
+
+        A run refused because another holds the lock passes ``latest=False``:
+        ``<job>-latest.json`` keeps pointing at the last run that ran.
+        """
         reports_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.started))
         path = reports_dir / f"{self.job}-{stamp}-{os.getpid()}.json"
         _atomic_write(path, json.dumps(self.as_dict(), indent=2, default=str) + "\n")
-        latest = reports_dir / f"{self.job}-latest.json"
-        tmp = latest.with_name(latest.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(path.name)
-        os.replace(tmp, latest)
+        if latest:
+            link = reports_dir / f"{self.job}-latest.json"
+            tmp = link.with_name(link.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(path.name)
+            os.replace(tmp, link)
         return path
 
     def summary_lines(self) -> list[str]:
+        """The summary, for stdout: how the run ended and what it did."""
         head = f"{self.job}: {self.status.upper()} in {self.as_dict()['duration_s']:.1f} s"
         lines = [head + (" (dry run)" if self.dry else "")]
         lines += [f"  {key}: {value}" for key, value in self.summary.items() if not isinstance(value, (list, dict))]
-        lines += [f"  warning: {w}" for w in self.warnings]
+        return lines
+
+    def problem_lines(self) -> list[str]:
+        """Warnings and the error, for stderr: what cron should mail."""
+        lines = [f"warning: {w}" for w in self.warnings]
         if self.error:
-            lines.append(f"  error: {self.error}")
+            lines.append(f"error: {self.error}")
         return lines
 
 

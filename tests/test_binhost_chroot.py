@@ -181,8 +181,10 @@ def lock_dir(site) -> Path:
     return site.root / "state" / "locks"
 
 
-def stderr_text(capfd) -> str:
-    return capfd.readouterr().err
+def progress_text(capfd) -> str:
+    """Progress lines (stdout) and warnings (stderr) of an in-process run."""
+    captured = capfd.readouterr()
+    return captured.out + captured.err
 
 
 def nothing_left(root: Path) -> bool:
@@ -236,7 +238,7 @@ def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_si
     for key, value in LEAKED_ENV.items():
         monkeypatch.setenv(key, value)
     code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
-    err = stderr_text(capfd)
+    err = progress_text(capfd)
     assert code == 0, out + err
 
     seen = calls(gentoo)
@@ -305,7 +307,7 @@ def test_a_failing_emerge_is_one_error_line_with_the_log_and_the_next_run_works(
     set_mode(gentoo, "ok")
     capfd.readouterr()
     code, out = binhost_site.run("binhost-world", lambda run: build(run, ["world"]))
-    assert code == 0, out + stderr_text(capfd)
+    assert code == 0, out + progress_text(capfd)
     assert "  world: built 1: app-misc/fake-1.0" in out
     assert len(calls(gentoo)) == 2
     assert nothing_left(gentoo) and lock_is_free(lock_dir(binhost_site))
@@ -317,7 +319,7 @@ def test_a_failing_emerge_is_one_error_line_with_the_log_and_the_next_run_works(
 def test_a_process_left_behind_by_emerge_is_named_and_ended(binhost_site, gentoo, capfd):
     set_mode(gentoo, "daemon")
     code, out = binhost_site.run("binhost-world", lambda run: build(run, ["world"]))
-    text = out + stderr_text(capfd)
+    text = out + progress_text(capfd)
     assert code == 0, text
     assert [c["tool"] for c in calls(gentoo)] == ["emerge"]
     found = re.search(r"still running at the end of the session: .*pid (\d+) \(sleep 1000\)", text)

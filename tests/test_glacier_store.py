@@ -35,7 +35,7 @@ from orchestrator.backup.stores.glacier import (
     GIB, MAX_PARTS, GlacierVaultStore, archive_tree_hash, choose_part_size, part_ranges, tree_hash_bytes,
 )
 from orchestrator.backup.treehash import MIB, file_hashes
-from orchestrator.config import Size, StoreConfig
+from orchestrator.config import Size, StoreConfig, load_section
 from orchestrator.errors import ConfigError, NotReadyError, OrchestratorError
 
 TESTS = Path(__file__).resolve().parent
@@ -386,7 +386,7 @@ def test_throttling_answers_are_retried_and_the_upload_succeeds(double, tmp_path
 
 def test_errors_are_one_line_and_name_no_secret(double, tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
-        open_store(StoreConfig(type="glacier", vault="no spaces/allowed", endpoint_url=double.url))
+        load_section("backup", {"store": {"type": "glacier", "vault": "no spaces/allowed", "endpoint_url": double.url}})
     assert "backup.store.vault" in one_line(err.value)
 
     store = make_store(double, "errors")

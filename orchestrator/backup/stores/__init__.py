@@ -1,12 +1,12 @@
 """Backends a backup set is stored in; chosen by ``backup.store.type``."""
 
-from ...config import StoreConfig, check_store
+from ...config import StoreConfig
 from .base import RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store, UploadJournal
 from .directory import DirectoryStore
 
 
 def open_store(cfg: StoreConfig) -> Store:
-    check_store(cfg)
+    """The store ``cfg`` names; its settings were checked when the section was loaded (``StoreConfig.check``)."""
     if cfg.type == "directory":
         return DirectoryStore(cfg.path, cfg.vault)
     if cfg.type == "s3":

@@ -1,0 +1,101 @@
+"""Section ``binhost``: the build system that compiles once, how it is served, and its instances."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from ..errors import ConfigError
+from .validator import MAX_WORKERS, Between, Port
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """Key ``binhost.signing``: gpkg signatures (Portage's FEATURES=binpkg-signing).
+
+    ``key`` empty: binary packages are not signed and clients get
+    ``verify-signature = false``. Otherwise the key (id or fingerprint) must be
+    in ``gpg_home``, a path inside the build system, without a passphrase or
+    with a running agent; clients then verify (``verify-signature = true``) and
+    get the public key in their Portage trust store.
+    """
+
+    key: str = ""
+    gpg_home: str = "/etc/portage/gnupg-signing"  # the private keyring, inside the build system
+    verify_home: str = "/etc/portage/gnupg"  # a public keyring Portage verifies with (there and on instances)
+
+    def check(self, key: str) -> None:
+        if self.enabled and self.verify_home.rstrip("/") == self.gpg_home.rstrip("/"):
+            raise ConfigError(f"{key}.verify_home: must not be the signing keyring (gpg_home); it is made "
+                              "readable by everyone")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Key ``binhost.serve``: how instances reach the tree (rsync) and PKGDIR (HTTP)."""
+
+    public_host: str = ""  # the name instances use for the build box; "" = this host's name
+    listen_address: str = "0.0.0.0"  # for `inv binhost.serve` and the rendered rsyncd.conf
+    rsync_port: Port = 873
+    http_port: Port = 80
+    url_path: str = "/binpkgs"  # where PKGDIR appears on the web server
+    hosts_allow: list[str] = field(default_factory=list)  # rsyncd "hosts allow" (addresses, CIDRs, name patterns)
+    web_user: str = ""  # owner given to PKGDIR (the seed's chown); "" = leave ownership alone
+    web_group: str = ""
+
+    def check(self, key: str) -> None:
+        if not self.url_path.startswith("/"):
+            raise ConfigError(f"{key}.url_path: must start with /, got {self.url_path!r}")
+
+    def host(self) -> str:
+        return self.public_host or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """One entry of ``binhost.clients``: an instance (image) that installs our binaries."""
+
+    name: str
+    host: str
+    user: str = "root"
+    port: Port = 22
+    key_filename: Path | None = None
+    known_hosts: Path | None = None  # None: accept any host key (fresh EC2 instances)
+    connect_timeout: Annotated[int, Between(1)] = 15
+    mode: Literal["direct", "tunnel", "tarball"] = "direct"
+    eprefix: str = ""  # a Gentoo Prefix on the instance; "" = the instance's own /
+    legacy_make_conf: bool = False  # also PORTAGE_BINHOST / SYNC in make.conf, for old Portage
+    tunnel_rsync_port: Port = 873  # ports opened on the instance's loopback by `ssh -R`
+    tunnel_http_port: Port = 80
+    staging_dir: str = "/var/tmp/gentoo-ec2-orchestrator"  # tarball mode: unpacked here
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for emerge there
+    timeout: Annotated[int, Between(1)] = 7200  # seconds for one emerge on the instance
+
+
+@dataclass(frozen=True)
+class BinhostConfig:
+    """Key ``binhost``: the build system that compiles once for every instance."""
+
+    mode: Literal["chroot", "prefix"] = "chroot"
+    root: Path = Path("/srv/gentoo-binhost")  # the chroot (an unpacked stage3), or the EPREFIX
+    repos: list[str] = field(default_factory=list)  # repositories to publish; [] = every one
+    emerge_options: list[str] = field(default_factory=lambda: ["--keep-going=y"])
+    quickpkg_jobs: Annotated[int, Between(0, MAX_WORKERS)] = 0  # 0: one per core
+    output_dir: Path | None = None  # rendered configs; default <state_dir>/binhost
+    timeout: Annotated[int, Between(1)] = 6 * 3600  # seconds for one stage's command
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    clients: list[ClientConfig] = field(default_factory=list)
+
+    def check(self, key: str) -> None:
+        seen: set[str] = set()
+        for i, client in enumerate(self.clients):
+            if client.name in seen:
+                raise ConfigError(f"{key}.clients[{i}].name: {client.name!r} is used twice")
+            seen.add(client.name)
