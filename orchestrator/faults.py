@@ -19,6 +19,7 @@ BACKUP_POINTS = (
     "tar-running",       # tar is streaming, some chunks are with the compressors
     "part-written",      # a part file is complete in inflight/, not yet in the catalog
     "part-recorded",     # the catalog lists the part, it is not stored yet
+    "vault-part-sent",   # a Glacier multipart upload has some of its parts (the upload id is journalled)
     "part-uploaded",     # the store holds the part, the catalog does not know yet
     "part-stored",       # the catalog says stored
     "dir-indexed",       # a directory's file index is in the catalog, the directory is not done

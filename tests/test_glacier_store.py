@@ -15,8 +15,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 from botocore.utils import calculate_tree_hash
 
 from glacier_double import GlacierDouble, is_tree_hash_aligned, running_double
+from backupcheck import backup_child, processes_tagged
 from moto_server import FAKE_CREDENTIALS, running_moto
 from orchestrator.backup import metadata
 from orchestrator.backup.download import download_verified
@@ -297,54 +296,33 @@ def test_an_upload_the_journal_never_heard_of_is_found_by_its_description(double
     assert journal.load() == ARCHIVE_JOURNAL_PREFIX + archive_id
 
 
-CHILD = """
-import sys
-from pathlib import Path
-from test_glacier_store import FileJournal
-from orchestrator.backup.stores.glacier import GlacierVaultStore
-from orchestrator.config import Size, StoreConfig
-vault, url, path, description, sha, tree, journal = sys.argv[1:]
-store = GlacierVaultStore.from_config(StoreConfig(type="glacier", vault=vault, endpoint_url=url, upload_workers=1,
-                                                  part_size=Size(1024 * 1024)))
-store.put(Path(path), description=description, sha256=sha, tree_hash=tree, journal=FileJournal(Path(journal)))
-print("CHILD FINISHED")
-"""
-
-
-def test_a_killed_upload_resumes_sending_only_the_missing_parts(double, tmp_path):
-    make_store(double, "killed")
-    size = 12 * MIB + 777
-    path, sha, tree, _ = blob(tmp_path, size)
-    description = describe(sha)
-    journal = FileJournal(tmp_path / "journal")
-    double.part_delay = 0.15  # each accepted part answers slowly, so the kill lands mid-upload
-    env = {**os.environ, **FAKE_CREDENTIALS,
-           "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, "killed", double.url, str(path), description, sha, tree,
-                              str(journal.path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        upload_id = wait_for(journal.load)
-        wait_for(lambda: len(double.part_puts.get(upload_id, [])) >= 4, timeout=30, step=0.02)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == -signal.SIGKILL and b"CHILD FINISHED" not in child.stdout.read()
-    double.wait_idle()
-    double.part_delay = 0.0
+def test_a_killed_backup_resumes_its_vault_upload_sending_only_the_missing_parts(site, double, tmp_path):
+    """kill -9 of a real inv backup after 3 of a part's 6 multipart pieces; the rerun sends the other 3, once."""
+    site.set("backup.store", {"type": "glacier", "vault": "killed-backup", "endpoint_url": double.url,
+                              "part_size": "1M", "upload_workers": 1, "max_attempts": 5})
+    site.set("backup.chunk_size", "8M")
+    (site.data / "random.bin").write_bytes(os.urandom(6 * MIB - 4096))
+    tag = f"vault-kill-{os.getpid()}"
+    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": "vault-part-sent@3"})
+    out = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, out
+    assert processes_tagged(tag) == []
+    with site.catalog() as cat:
+        (part,) = cat.all_parts()
+    upload_id = part["upload_id"]
+    assert part["status"] == "uploading" and upload_id in double.part_puts
     before = list(double.part_puts[upload_id])
-    everything = {s for s, _ in part_ranges(size, MIB)}
-    assert 4 <= len(before) < len(everything) and upload_id not in double.completed, "killed mid-way"
+    everything = {s for s, _ in part_ranges(part["size"], MIB)}
+    assert len(before) == 3 and len(everything) == 6 and upload_id not in double.completed
 
-    store = make_store(double, "killed", part_size=MIB, upload_workers=3)
-    archive_id = store.put(path, description=description, sha256=sha, tree_hash=tree, journal=journal)
+    code, out = site.backup()
+    assert code == 0, out
     resent = double.part_puts[upload_id][len(before):]
     assert sorted(resent) == sorted(everything - set(before)), "only the missing parts, each once"
-    assert double.completed[upload_id] == archive_id
-    assert double.tree_hashes[archive_id] == tree == calculate_tree_hash(io.BytesIO(path.read_bytes()))
-    assert journal.load() == ARCHIVE_JOURNAL_PREFIX + archive_id
+    with site.catalog() as cat:
+        (part,) = cat.all_parts()
+    assert double.completed[upload_id] == part["archive_id"]
+    assert double.tree_hashes[part["archive_id"]] == part["tree_hash"]
 
 
 def test_an_upload_damaged_in_transit_is_refused_once_and_the_rerun_resumes(double, tmp_path):

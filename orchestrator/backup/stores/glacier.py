@@ -43,6 +43,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from ...config import StoreConfig
+from ...faults import crash_point
 from ...errors import ConfigError, NotReadyError, OrchestratorError
 from .. import metadata
 from ..retry import CorruptRangeError, verified_read
@@ -321,6 +322,7 @@ class GlacierVaultStore(Store):
                 if resp.get("checksum") not in (None, digest.hex()):
                     raise OrchestratorError(f"{self.name}: part {i + 1} of {path.name} was stored with "
                                             "another tree hash than was sent")
+                crash_point("vault-part-sent")
             hashes[i] = digest
 
         try:
