@@ -34,7 +34,7 @@ from orchestrator.backup.stores.glacier import (
     GIB, MAX_PARTS, GlacierVaultStore, archive_tree_hash, choose_part_size, part_ranges, tree_hash_bytes,
 )
 from orchestrator.backup.treehash import MIB, file_hashes
-from orchestrator.config import Size, StoreConfig, load_section
+from orchestrator.config import load_section, Size, StoreConfig, load_section
 from orchestrator.errors import ConfigError, NotReadyError, OrchestratorError
 
 TESTS = Path(__file__).resolve().parent
@@ -172,8 +172,8 @@ def test_configured_part_size_wins_but_is_validated():
         choose_part_size(5 * MIB, 8 * GIB)
     with pytest.raises(ConfigError, match="more than 10000 parts"):
         choose_part_size(MAX_PARTS * MIB + 1, MIB)
-    with pytest.raises(ConfigError, match="backup.store.part_size"):
-        GlacierVaultStore.from_config(StoreConfig(type="glacier", part_size=Size(8 * GIB)))
+    with pytest.raises(ConfigError, match="backup.store.part_size: 8589934592 is not a power of two MiB"):
+        load_section("backup", {"store": {"type": "glacier", "part_size": "8G"}})
 
 
 @pytest.mark.parametrize("part_size", [MIB, 2 * MIB, 4 * MIB])

@@ -158,10 +158,7 @@ class GlacierVaultStore(Store):
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> "GlacierVaultStore":
-        if cfg.part_size and not is_valid_part_size(cfg.part_size):
-            raise ConfigError(f"backup.store.part_size: {cfg.part_size} is not a power of two MiB from 1M to 4G")
-        if cfg.upload_workers < 1:
-            raise ConfigError("backup.store.upload_workers: must be at least 1")
+        """``cfg`` is validated already (StoreConfig.check: part size, vault name; upload_workers >= 1)."""
         return cls(client("glacier", cfg), cfg.vault, part_size=cfg.part_size,
                    upload_workers=cfg.upload_workers, retrieval_tier=cfg.retrieval_tier)
 

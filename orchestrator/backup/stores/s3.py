@@ -87,7 +87,6 @@ OTHER_DIR = "_other"
 MANIFEST_NAME = "MANIFEST.json"
 CATALOG_NAME = "CATALOG"
 SET_FILES = {"manifest": MANIFEST_NAME, "catalog": CATALOG_NAME}
-BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 #: what reading a response body raises when the bytes did not all arrive
 BODY_ERRORS = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
@@ -108,10 +107,7 @@ def _one_line(err: OrchestratorError) -> OrchestratorError:
 
 class S3Store(Store):
     def __init__(self, cfg: StoreConfig, client=None):
-        if not cfg.bucket:
-            raise ConfigError("backup.store.bucket: required when backup.store.type is s3")
-        if not (BUCKET_NAME.fullmatch(cfg.bucket) or cfg.bucket.startswith("arn:")):
-            raise ConfigError(f"backup.store.bucket: {cfg.bucket!r} is not a valid S3 bucket name")
+        """``cfg`` is validated already (StoreConfig.check): the bucket name, part size and tier."""
         self.cfg = cfg
         self.bucket = cfg.bucket
         prefix = cfg.prefix.lstrip("/")
