@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from busybox_root import make_busybox_root
-from orchestrator.binhost.jobs import STAGES, build
+from orchestrator.binhost.jobs import build
 from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
 from test_chroot_target import (alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in,
                                wait_until)
@@ -235,7 +235,7 @@ def stop_child(child: subprocess.Popen, root: Path) -> str:
 def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_site, gentoo, monkeypatch, capfd):
     for key, value in LEAKED_ENV.items():
         monkeypatch.setenv(key, value)
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    code, out = binhost_site.run("binhost", lambda run: build(run))
     err = stderr_text(capfd)
     assert code == 0, out + err
 
@@ -386,7 +386,7 @@ def test_a_second_run_on_the_same_chroot_is_refused(binhost_site, gentoo, tmp_pa
 def test_a_root_that_does_not_exist_is_one_line_naming_binhost_root(site, tmp_path):
     missing = tmp_path / "no-such-chroot"
     site.set("binhost", {"mode": "chroot", "root": str(missing)})
-    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    code, out = site.run("binhost", lambda run: build(run))
     assert code == 2, out
     error = error_line(out)
     assert "binhost.root" in error and str(missing) in error
@@ -398,7 +398,7 @@ def test_a_root_without_a_shell_is_refused_before_anything_is_written(site, tmp_
     empty = tmp_path / "empty-chroot"
     (empty / "etc").mkdir(parents=True)
     site.set("binhost", {"mode": "chroot", "root": str(empty)})
-    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    code, out = site.run("binhost", lambda run: build(run))
     assert code == 2, out
     error = error_line(out)
     assert str(empty) in error and "bin/sh" in error
@@ -422,18 +422,18 @@ def dry_run_checks(root: Path, code: int, out: str) -> None:
 
 
 def test_dry_run_after_a_real_run_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    code, out = binhost_site.run("binhost", lambda run: build(run))
     assert code == 0, out
     (gentoo / EMERGE_LOG).write_text("")
     before = descendants(os.getpid())
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    code, out = binhost_site.run("binhost", lambda run: build(run), dry=True)
     dry_run_checks(gentoo, code, out)
     assert descendants(os.getpid()) == before
     assert lock_is_free(lock_dir(binhost_site))
 
 
 def test_dry_run_on_a_fresh_chroot_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    code, out = binhost_site.run("binhost", lambda run: build(run), dry=True)
     try:
         dry_run_checks(gentoo, code, out)
     finally:
