@@ -73,12 +73,14 @@ def reconcile(c):
 
 
 @task(name="all", default=True, iterable=["skip"],
-      help={"skip": "leave out a stage (repeatable): sync, world, package, index, publish, owner, configs"})
+      help={"skip": "leave out a stage (repeatable): " + ", ".join(binhost_jobs.STAGES)})
 def binhost_all(c, skip=None):
-    """Build and publish binaries in the build chroot: sync, world, package, index, publish, owner, configs."""
-    stages = [stage for stage in binhost_jobs.STAGES if stage not in (skip or [])]
+    """Build and publish binaries in the build chroot: sync, world, package, [prune,] index, publish, owner, configs.
+
+    prune runs only with binhost.prune: true (`inv binhost.prune` runs it once).
+    """
     unknown = sorted(set(skip or []) - set(binhost_jobs.STAGES))
-    run_task(c, "binhost", lambda run: binhost_jobs.build(run, stages, unknown_skips=unknown))
+    run_task(c, "binhost", lambda run: binhost_jobs.build(run, unknown_skips=unknown, skip=skip or ()))
 
 
 def _stage_task(stage: str, doc: str):

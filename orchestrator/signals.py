@@ -21,7 +21,9 @@ def terminate_unwinds():
         return
 
     def _raise(signum, _frame):
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}; cleaned up")
+        error = Interrupted(f"stopped by {signal.Signals(signum).name}; cleaned up")
+        error.signal_name = signal.Signals(signum).name
+        raise error
 
     previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -29,3 +31,29 @@ def terminate_unwinds():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def held_signals():
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends, then deliver the first one.
+
+    For the few statements that must not be cut in two: start a daemon *and*
+    register its stop, so an interruption can never leave it running unowned.
+    Keep such blocks short; outside the main thread it does nothing (Python
+    runs signal handlers in the main thread only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in HELD}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            signal.raise_signal(pending[0])  # now handled as it would have been: Interrupted, KeyboardInterrupt

@@ -40,7 +40,8 @@ def binhost(site, tmp_path, monkeypatch):
     return site
 
 
-def build(site, stages=jobs.STAGES, dry=False) -> dict:
+def build(site, stages=None, dry=False) -> dict:
+    """``stages=None``: the full ``inv binhost``."""
     code, output = site.run("binhost", lambda run: jobs.build(run, stages), dry=dry)
     assert code == 0, output
     return latest_summary(site) if not dry else {"output": output}
@@ -175,6 +176,9 @@ def test_a_failing_build_is_one_line_naming_the_step_and_its_log(binhost):
     ("binhost.root", "/nonexistent/binhost", "binhost.root: /nonexistent/binhost is not a directory"),
     ("binhost.mode", "docker", "binhost.mode: 'docker' is not one of 'chroot', 'prefix'"),
     ("binhost.serve.http_port", 70000, "binhost.serve.http_port: 70000 is not a TCP port"),
+    ("binhost.keep_binpkgs", -1, "binhost.keep_binpkgs: must not be negative, got -1"),
+    ("binhost.keep_binpkgs", "all", "binhost.keep_binpkgs: expected an integer, got 'all'"),
+    ("binhost.prune", "sometimes", "binhost.prune: expected true or false, got 'sometimes'"),
 ])
 def test_bad_settings_are_one_line_naming_the_key(binhost, setting, value, message):
     binhost.set(setting, value)
@@ -196,3 +200,163 @@ def test_a_mirror_tree_with_its_own_cache_is_served_as_synced(binhost):
     assert (binhost.tree / "metadata/timestamp.chk").read_text() == (
         binhost.upstream / "metadata/timestamp.chk").read_text()
     assert build(binhost, ["sync", "publish"])["publish"] == "nothing to do: lab unchanged since last published"
+
+
+# --- prune -----------------------------------------------------------------------------------
+
+def binpkg_files(pkgdir: Path) -> list[str]:
+    """Every file in PKGDIR but the index, gpkg and xpak alike."""
+    return sorted(str(p.relative_to(pkgdir)) for p in pkgdir.rglob("*")
+                  if p.is_file() and not p.name.startswith("Packages"))
+
+
+def indexed(pkgdir: Path) -> list[str]:
+    from orchestrator.binhost.tree import index_entries
+
+    return sorted(entry["PATH"] for entry in index_entries(pkgdir / "Packages"))
+
+
+def prune(site, dry=False) -> tuple[str, str]:
+    """``inv binhost.prune``: its summary line and the whole output."""
+    code, output = site.run("binhost-prune", lambda run: jobs.build(run, ["prune"]), dry=dry)
+    assert code == 0, output
+    return next(line.split("prune: ", 1)[1] for line in output.splitlines()
+                if line.startswith("  prune: ")), output
+
+
+def kept_message(total: int, keep: int = 1) -> str:
+    return (f"nothing to do: all {total} binary packages are kept (installed builds, up to {keep} older "
+            f"build(s) per package, or still in lab)")
+
+
+def install_from(binhost, tmp_path) -> dict[str, str]:
+    """A fresh instance syncs the binhost's tree and installs binaries only (file://, Portage's own fetcher)."""
+    from orchestrator.config import ClientConfig
+    from orchestrator.portage_conf import ClientUris, render_client_configs
+
+    client = lab.make_client_prefix(tmp_path, "instance", packages=PACKAGES)
+    uris = ClientUris({"lab": f"file://{binhost.tree}/"}, f"file://{binhost.pkgdir}")
+    rendered = render_client_configs(ClientConfig("instance", "localhost", eprefix=str(client.eprefix)), ["lab"],
+                                     uris, verify_signature=False)
+    for path, text in rendered.items():
+        Path(path).write_text(text)
+    emerge(client, "--sync")
+    emerge(client, "--update", "--deep", "--newuse", "--usepkgonly", "--getbinpkg", "@world")
+    return client.installed()
+
+
+def test_prune_removes_a_superseded_build_beyond_keep_binpkgs_and_clients_still_install(binhost, tmp_path):
+    build(binhost)
+    lab.bump(binhost.upstream, 2)
+    bumped = build(binhost)
+    assert bumped["prune"] == "off (binhost.prune is false; `inv binhost.prune` runs it once)"
+    everything = ["app-lab/toy00/toy00-1-1.gpkg.tar", "app-lab/toy01/toy01-1-1.gpkg.tar",
+                  "app-lab/toy02/toy02-1-1.gpkg.tar", "app-lab/toy02/toy02-2-1.gpkg.tar"]
+    assert binpkg_files(binhost.pkgdir) == everything
+
+    assert prune(binhost)[0] == kept_message(4), "keep_binpkgs: 1 keeps the one superseded build"
+    assert binpkg_files(binhost.pkgdir) == everything
+
+    binhost.set("binhost.keep_binpkgs", 0)
+    superseded = binhost.pkgdir / "app-lab/toy02/toy02-1-1.gpkg.tar"
+    size = superseded.stat().st_size
+    before = (binpkgs(binhost.pkgdir), (binhost.pkgdir / "Packages").read_bytes())
+    message, output = prune(binhost, dry=True)
+    assert [line for line in output.splitlines() if line.startswith("[dry-run] prune:")] == [
+        f"[dry-run] prune: would remove app-lab/toy02/toy02-1-1.gpkg.tar ({size} bytes, superseded by app-lab/toy02-2)"]
+    assert message == f"would remove 1 of 4 binary packages, {size} bytes ({size / 1024:.1f} KiB): " \
+                      "app-lab/toy02/toy02-1-1.gpkg.tar"
+    assert (binpkgs(binhost.pkgdir), (binhost.pkgdir / "Packages").read_bytes()) == before, "--dry changed PKGDIR"
+
+    binhost.set("binhost.prune", True)
+    summary = build(binhost)
+    assert summary["prune"] == (f"removed 1 of 4 binary packages, {size} bytes ({size / 1024:.1f} KiB): "
+                                "app-lab/toy02/toy02-1-1.gpkg.tar; Packages lists 3")
+    assert summary["index"] == "nothing to do: Packages lists all 3 binary packages"
+    assert binpkg_files(binhost.pkgdir) == indexed(binhost.pkgdir) == [p for p in everything if "toy02-1-" not in p]
+    assert prune(binhost)[0] == kept_message(3, keep=0)
+
+    assert install_from(binhost, tmp_path) == {"app-lab/toy00": "1", "app-lab/toy01": "1", "app-lab/toy02": "2"}
+
+
+def quickpkg_xpak(prefix, atom: str) -> None:
+    """The old layout: PKGDIR/<category>/<name>-<version>.tbz2 (xpak, no binpkg-multi-instance)."""
+    subprocess.run(["quickpkg", "--include-config=y", atom], check=True, capture_output=True,
+                   env={**os.environ, **prefix.env(), "BINPKG_FORMAT": "xpak", "FEATURES": "-binpkg-multi-instance"})
+
+
+def test_prune_never_removes_the_installed_build_nor_a_signature_without_its_package(binhost):
+    build(binhost)
+    quickpkg_xpak(binhost.prefix, "=app-lab/toy00-1")  # the first build of toy00, xpak
+    quickpkg_xpak(binhost.prefix, "=app-lab/toy01-1")  # the installed build of toy01, xpak
+    emerge(binhost.prefix, "--oneshot", "--buildpkg", "=app-lab/toy00-1")  # toy00 rebuilt: toy00-1-2 is installed
+    for name in ("app-lab/toy00-1.tbz2.asc", "app-lab/toy01-1.tbz2.asc"):
+        (binhost.pkgdir / name).write_text("a detached signature\n")
+    binhost.set("binhost.keep_binpkgs", 0)
+    xpak_size = (binhost.pkgdir / "app-lab/toy00-1.tbz2").stat().st_size + len("a detached signature\n")
+    gpkg_size = (binhost.pkgdir / "app-lab/toy00/toy00-1-1.gpkg.tar").stat().st_size
+
+    message, output = prune(binhost)
+    total = xpak_size + gpkg_size
+    assert message == (f"removed 2 of 6 binary packages, {total} bytes ({total / 1024:.1f} KiB): "
+                       "app-lab/toy00-1.tbz2, app-lab/toy00/toy00-1-1.gpkg.tar; Packages lists 4")
+    assert [line for line in output.splitlines() if line.startswith("prune: removed")] == [
+        f"prune: removed app-lab/toy00-1.tbz2 ({xpak_size} bytes, superseded by app-lab/toy00-1)",
+        f"prune: removed app-lab/toy00/toy00-1-1.gpkg.tar ({gpkg_size} bytes, superseded by app-lab/toy00-1)"]
+    assert binpkg_files(binhost.pkgdir) == [
+        "app-lab/toy00/toy00-1-2.gpkg.tar", "app-lab/toy01-1.tbz2", "app-lab/toy01-1.tbz2.asc",
+        "app-lab/toy01/toy01-1-1.gpkg.tar", "app-lab/toy02/toy02-1-1.gpkg.tar"]
+    assert indexed(binhost.pkgdir) == [
+        "app-lab/toy00/toy00-1-2.gpkg.tar", "app-lab/toy01-1.tbz2",
+        "app-lab/toy01/toy01-1-1.gpkg.tar", "app-lab/toy02/toy02-1-1.gpkg.tar"]
+    assert index_state(binhost.pkgdir).current
+    assert build(binhost, ["package"])["package"].startswith("nothing to do: all 3 installed packages"), \
+        "every installed package still has its binary package"
+
+
+def test_prune_removes_a_package_gone_from_the_tree_once_it_is_not_installed(binhost):
+    build(binhost)
+    emerge(binhost.prefix, "--unmerge", "app-lab/toy02")
+    assert prune(binhost)[0] == kept_message(3), "not installed, but its ebuild is still there"
+
+    shutil.rmtree(binhost.upstream / "app-lab/toy02")
+    lab.stamp(binhost.upstream)
+    packages_before = (binhost.pkgdir / "Packages").read_bytes()
+    size = (binhost.pkgdir / "app-lab/toy02/toy02-1-1.gpkg.tar").stat().st_size
+    summary = build(binhost, ["sync", "prune"])
+    assert summary["prune"] == (f"removed 1 of 3 binary packages, {size} bytes ({size / 1024:.1f} KiB): "
+                                "app-lab/toy02/toy02-1-1.gpkg.tar; Packages lists 2")
+    assert binpkg_files(binhost.pkgdir) == indexed(binhost.pkgdir) == [
+        "app-lab/toy00/toy00-1-1.gpkg.tar", "app-lab/toy01/toy01-1-1.gpkg.tar"]
+    assert not (binhost.pkgdir / "app-lab/toy02").exists(), "the emptied directory went too"
+
+    # A prune killed after removing files but before re-indexing: the next one finishes the job.
+    (binhost.pkgdir / "Packages").write_bytes(packages_before)
+    assert prune(binhost, dry=True)[0] == "nothing to remove; would rewrite Packages (1 index entries without a file)"
+    assert (binhost.pkgdir / "Packages").read_bytes() == packages_before, "a look (and --dry) changes nothing"
+    assert prune(binhost)[0] == ("nothing to remove; rewrote Packages (1 index entries without a file); "
+                                 "it lists 2")
+    assert indexed(binhost.pkgdir) == binpkg_files(binhost.pkgdir)
+
+
+def test_prune_policy_per_slot():
+    """The policy alone (prune.plan), on what binhost-binpkgs reports; no Portage needed to decide."""
+    from orchestrator.binhost.prune import Removal, plan
+
+    def b(path, state, in_tree=True):
+        return {"path": path, "cpv": path, "state": state, "in_tree": in_tree}
+
+    slots = [
+        {"slot": "a/x:0", "installed": "a/x-3", "builds": [
+            b("a/x-4", "newer", in_tree=False), b("a/x-3", "installed", in_tree=False), b("a/x-3.old", "older"),
+            b("a/x-2", "older", in_tree=False), b("a/x-1", "older")]},
+        {"slot": "a/y:0", "installed": None, "builds": [b("a/y-2", "-"), b("a/y-1", "-", in_tree=False)]},
+        {"slot": "a/z:0", "installed": "a/z-1", "builds": [b("a/z-2", "newer"), b("a/z-1", "installed")]},
+    ]
+    gone = [Removal("a/x-4", "a/x-4", "no ebuild left, newer than the installed a/x-3"),
+            Removal("a/y-1", "a/y-1", "no ebuild left, not installed")]
+    superseded = [Removal(p, p, "superseded by a/x-3") for p in ("a/x-3.old", "a/x-2", "a/x-1")]
+    assert plan(slots, 0) == superseded + gone
+    assert plan(slots, 1) == superseded[1:] + gone
+    assert plan(slots, 2) == superseded[2:] + gone
+    assert plan(slots, 3) == plan(slots, 99) == gone

@@ -2,8 +2,8 @@
 
 A real Gentoo stage3 and Portage cannot live in a busybox root, so the fixture
 puts a fake Portage into a real busybox chroot: ``/usr/bin/python3`` is a shell
-script that answers our two Python probes (``binhost-info``, ``binhost-stale``)
-with fixed JSON, and ``/usr/bin/emerge`` (also ``emaint``, ``egencache``,
+script that answers our Python probes (``binhost-info``, ``binhost-stale``,
+``binhost-binpkgs``) with fixed JSON, and ``/usr/bin/emerge`` (also ``emaint``, ``egencache``,
 ``quickpkg``) is a shell script that logs its argv, its environment and the
 mounts it sees to ``/tmp/emerge.log`` inside the chroot, then behaves as
 ``/etc/fake-emerge-mode`` says: ``ok``, ``fail``, ``sleep`` (a long build, for
@@ -19,6 +19,7 @@ chroot itself, and the fixture's teardown fails the test on a leak.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -30,7 +31,7 @@ import pytest
 import yaml
 
 from busybox_root import make_busybox_root
-from orchestrator.binhost.jobs import STAGES, build
+from orchestrator.binhost.jobs import build
 from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
 from test_chroot_target import (alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in,
                                wait_until)
@@ -48,8 +49,8 @@ MODE_FILE = "etc/fake-emerge-mode"
 LEAKED_ENV = {"FEATURES": "evil", "PORTAGE_BINHOST": "evil", "ORCH_TEST_HOST_ONLY": "evil"}
 
 FAKE_PYTHON3 = r"""#!/bin/sh
-# Fake python3: answers our two Portage probes with fixed JSON. Under --dry a probe's
-# script comes on stdin (python3 -): its usage line names it.
+# Fake python3: answers our Portage probes with fixed JSON (binhost-binpkgs: /etc/fake-binpkgs.json).
+# Under --dry a probe's script comes on stdin (python3 -): its usage line names it.
 script="$1"
 if [ "$script" = "-" ]; then
     script=$(grep -o 'gentoo-ec2-orchestrator/binhost-[a-z]*' | head -n 1)
@@ -59,6 +60,10 @@ case "$script" in
         echo '{"eroot": "/", "pkgdir": "/var/cache/binpkgs", "binpkg_format": "gpkg", "repos": {"gentoo": "/var/db/repos/gentoo"}}' ;;
     *binhost-stale)
         echo '{"installed": 1, "stale": []}' ;;
+    *binhost-binpkgs)
+        shift
+        echo "$*" > /tmp/binpkgs-args
+        cat /etc/fake-binpkgs.json ;;
     *)
         echo "fake python3: unexpected $*" >&2
         exit 1 ;;
@@ -126,6 +131,7 @@ def make_fake_gentoo(root: Path) -> Path:
     pkgdir = root / "var" / "cache" / "binpkgs"
     pkgdir.mkdir(parents=True)
     (pkgdir / "Packages").write_text("ARCH: amd64\nVERSION: 0\n\n")
+    (root / "etc" / "fake-binpkgs.json").write_text('{"pkgdir": "/var/cache/binpkgs", "binpkgs": 0, "slots": []}\n')
     (root / MODE_FILE).write_text("ok\n")
     (root / EMERGE_LOG).write_text("")
     return root
@@ -237,7 +243,7 @@ def stop_child(child: subprocess.Popen, root: Path) -> str:
 def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_site, gentoo, monkeypatch, capfd):
     for key, value in LEAKED_ENV.items():
         monkeypatch.setenv(key, value)
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    code, out = binhost_site.run("binhost", lambda run: build(run))
     err = progress_text(capfd)
     assert code == 0, out + err
 
@@ -388,7 +394,7 @@ def test_a_second_run_on_the_same_chroot_is_refused(binhost_site, gentoo, tmp_pa
 def test_a_root_that_does_not_exist_is_one_line_naming_binhost_root(site, tmp_path):
     missing = tmp_path / "no-such-chroot"
     site.set("binhost", {"mode": "chroot", "root": str(missing)})
-    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    code, out = site.run("binhost", lambda run: build(run))
     assert code == 2, out
     error = error_line(out)
     assert "binhost.root" in error and str(missing) in error
@@ -400,7 +406,7 @@ def test_a_root_without_a_shell_is_refused_before_anything_is_written(site, tmp_
     empty = tmp_path / "empty-chroot"
     (empty / "etc").mkdir(parents=True)
     site.set("binhost", {"mode": "chroot", "root": str(empty)})
-    code, out = site.run("binhost", lambda run: build(run, STAGES))
+    code, out = site.run("binhost", lambda run: build(run))
     assert code == 2, out
     error = error_line(out)
     assert str(empty) in error and "bin/sh" in error
@@ -424,20 +430,45 @@ def dry_run_checks(root: Path, code: int, out: str) -> None:
 
 
 def test_dry_run_after_a_real_run_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES))
+    code, out = binhost_site.run("binhost", lambda run: build(run))
     assert code == 0, out
     (gentoo / EMERGE_LOG).write_text("")
     before = descendants(os.getpid())
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    code, out = binhost_site.run("binhost", lambda run: build(run), dry=True)
     dry_run_checks(gentoo, code, out)
     assert descendants(os.getpid()) == before
     assert lock_is_free(lock_dir(binhost_site))
 
 
 def test_dry_run_on_a_fresh_chroot_mounts_nothing_and_runs_no_emerge(binhost_site, gentoo):
-    code, out = binhost_site.run("binhost", lambda run: build(run, STAGES), dry=True)
+    code, out = binhost_site.run("binhost", lambda run: build(run), dry=True)
     try:
         dry_run_checks(gentoo, code, out)
     finally:
         assert not installed_scripts(gentoo).exists()  # dry: nothing written into the chroot
         assert host_mounts_under(gentoo) == [] and rooted_in(gentoo) == {}
+
+
+# --- 7. prune in the chroot ------------------------------------------------
+
+
+def test_prune_removes_what_the_chroots_portage_names_under_the_root_and_reindexes_inside(binhost_site, gentoo):
+    """Paths come from inside (relative to the chroot's PKGDIR) and are removed on the build box under root."""
+    old = gentoo / "var/cache/binpkgs/app-misc/old/old-1-1.gpkg.tar"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x" * 4096)
+    (gentoo / "etc/fake-binpkgs.json").write_text(json.dumps({"pkgdir": "/var/cache/binpkgs", "binpkgs": 1, "slots": [
+        {"slot": "app-misc/old:0", "installed": None, "builds": [
+            {"path": "app-misc/old/old-1-1.gpkg.tar", "cpv": "app-misc/old-1", "build_time": 1, "state": "-",
+             "in_tree": False}]}]}))
+
+    code, out = binhost_site.run("binhost-prune", lambda run: build(run, ["prune"]))
+    assert code == 0, out
+    assert "prune: removed app-misc/old/old-1-1.gpkg.tar (4096 bytes, no ebuild left, not installed)" in out
+    assert "  prune: removed 1 of 1 binary packages, 4096 bytes (4.0 KiB): app-misc/old/old-1-1.gpkg.tar; " \
+           "Packages lists 0" in out
+    assert not (gentoo / "var/cache/binpkgs/app-misc").exists()
+    assert (gentoo / "tmp/binpkgs-args").read_text() == "--json --repo=gentoo\n"
+    (emaint,) = calls(gentoo)
+    assert emaint["tool"] == "emaint" and emaint["argv"] == ["binhost", "--fix"] and emaint["proc_self"] is True
+    assert host_mounts_under(gentoo) == [] and rooted_in(gentoo) == {}

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +22,7 @@ from portage_lab import make_repo
 from sshd import free_port
 
 from orchestrator.binhost.exposure import render_exposure, write_rendered
+from orchestrator.binhost import serve as serve_module
 from orchestrator.binhost.facts import BinhostFacts, RepoFacts
 from orchestrator.binhost.serve import serve_forever, serving
 from orchestrator.config import load_section
@@ -287,32 +291,231 @@ def test_a_taken_http_port_is_named_and_rsync_is_not_left_running(lab, tmp_path)
     assert refused(rsync_port)
 
 
-def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(lab, site, tmp_path):
-    rsync_port, http_port = free_port(), free_port()
-    cfg = lab.config(rsync_port=rsync_port, http_port=http_port)
-    work = tmp_path / "serve-work"
-    fetched = []
+# --- inv binhost.serve: stopping, at any moment -----------------------------------------------
 
-    def client():
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+ROOT = Path(__file__).resolve().parents[1]
+SERVING = "serving; stop with Ctrl-C or SIGTERM"
+STARTUP_STOPPED = ("  error: stopped by {} while starting; rsync and the HTTP server were stopped, "
+                   "nothing is left running")
+SERVE_CHILD = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from orchestrator.binhost.facts import BinhostFacts
+from orchestrator.binhost.serve import serve_forever
+from orchestrator.config import load_section
+from orchestrator.job import execute
+spec = json.loads(Path(sys.argv[1]).read_text())
+cfg = load_section("binhost", spec["binhost"])
+facts = BinhostFacts.load(Path(spec["facts"]))
+config = {{"orchestrator": spec["orchestrator"], "run": {{"dry": False}}}}
+sys.exit(execute(config, "binhost-serve", lambda run: serve_forever(run, cfg, facts, Path(spec["work"]))))
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed daemon whose new parent has not reaped it yet is gone for us)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def session_children() -> list[int]:
+    """Our children that lead a session of their own: the daemon ``serving`` starts (found by pid, not name;
+    right after the fork its command line may not be readable yet)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if fields and fields[0] not in ("Z", "X") and int(fields[1]) == os.getpid() \
+                and int(fields[3]) == int(entry.name):
+            found.append(int(entry.name))
+    return found
+
+
+def greets(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        return sock.recv(8) == b"@RSYNCD:"
+
+
+class ServeProcess:
+    """The ``inv binhost.serve`` job in a child process: signals go to it, never to pytest."""
+
+    def __init__(self, lab: Lab, base: Path, rsync_port: int, http_port: int):
+        self.work = base / "serve-work"
+        facts = base / "facts.json"
+        lab.facts.save(facts)
+        spec = base / "serve.json"
+        spec.write_text(json.dumps({
+            "binhost": {"serve": {"listen_address": LOOPBACK, "rsync_port": rsync_port, "http_port": http_port}},
+            "facts": str(facts), "work": str(self.work),
+            "orchestrator": {"state_dir": str(base / "state"), "progress": "plain"}}))
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE_CHILD.format(root=str(ROOT)), str(spec)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for_line(self, wanted: str, timeout: float = 60) -> bool:
+        """True once ``wanted`` is printed; False when the child ends (or, on a hang, after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/binpkgs/Packages", timeout=2) as r:
-                    fetched.append(r.read())
-                break
-            except OSError:
-                time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGTERM)  # the job wrapper turns it into an unwinding exception
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if line is None:
+                self.lines.put(None)
+                return False
+            self.output.append(line)
+            if line == wanted:
+                return True
 
-    thread = threading.Thread(target=client)
-    thread.start()
-    code, out = site.run("binhost-serve", lambda run: serve_forever(run, cfg, lab.facts, work))
-    thread.join()
+    def finish(self, timeout: float = 60) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within {timeout:.0f} s:\n" + "\n".join(self.output))
+        self.wait_for_line("\0never printed\0", timeout=10)  # the rest of the output
+        return code
 
-    assert fetched == [(lab.pkgdir / "Packages").read_bytes()]
-    assert code == 0, out
-    assert f"rsync: rsync://{LOOPBACK}:{rsync_port}/lab" in out
-    assert f"http: http://{LOOPBACK}:{http_port}/binpkgs" in out
-    assert "served 1 HTTP requests" in out
+    def rsync_pid(self) -> int:
+        return int((self.work / "rsyncd.pid").read_text().split()[0])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def serve_process(lab, tmp_path):
+    """Start children with ``start(rsync_port, http_port)``; each is killed, and its daemon too, on every path."""
+    started: list[ServeProcess] = []
+    daemons: list[int] = []
+
+    def start(rsync_port: int, http_port: int) -> ServeProcess:
+        child = ServeProcess(lab, tmp_path / f"child{len(started)}", rsync_port, http_port)
+        started.append(child)
+        return child
+
+    start.daemons = daemons
+    yield start
+    for child in started:
+        child.kill()
+    for pid in daemons:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(serve_process, lab):
+    rsync_port, http_port = free_port(), free_port()
+    child = serve_process(rsync_port, http_port)
+    assert child.wait_for_line(SERVING), "serve did not start:\n" + "\n".join(child.output)
+    daemon = child.rsync_pid()
+    serve_process.daemons.append(daemon)
+    assert greets(rsync_port)
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/binpkgs/Packages", timeout=10) as response:
+        fetched = response.read()
+
+    child.proc.send_signal(signal.SIGTERM)
+    code = child.finish()
+
+    assert fetched == (lab.pkgdir / "Packages").read_bytes()
+    assert code == 0, child.output
+    assert child.output[:4] == [f"rsync: rsync://{LOOPBACK}:{rsync_port}/lab",
+                                f"http: http://{LOOPBACK}:{http_port}/binpkgs", SERVING, "served 1 HTTP requests"]
+    assert child.output[4].startswith("binhost-serve: OK in "), child.output
+    assert not running(daemon), f"rsync --daemon (pid {daemon}) still runs"
     assert refused(rsync_port) and refused(http_port)
-    assert rsync_pids(work / "rsyncd.conf") == []
+
+
+@pytest.mark.parametrize("point, sig, name", [
+    ("rsync-spawned", signal.SIGTERM, "SIGTERM"),  # between starting rsync and registering its stop
+    ("rsync-spawned", signal.SIGINT, "Ctrl-C"),
+    ("rsync-started", signal.SIGTERM, "SIGTERM"),
+    ("rsync-ready", signal.SIGHUP, "SIGHUP"),
+    ("http-started", signal.SIGTERM, "SIGTERM"),
+    ("ready", signal.SIGTERM, "SIGTERM"),
+])
+def test_serve_interrupted_at_any_moment_of_start_up_stops_what_started(lab, site, tmp_path, monkeypatch,
+                                                                        point, sig, name):
+    """The signal is raised by the job itself at a named moment, while its handlers are in place."""
+    rsync_port, http_port = free_port(), free_port()
+    work = tmp_path / "serve-work"
+    seen: dict[str, list[int]] = {}
+
+    def reached(where: str) -> None:
+        seen[where] = session_children()
+        if where == point:
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(serve_module, "_reached", reached)
+    cfg = lab.config(rsync_port=rsync_port, http_port=http_port)
+    code, out = site.run("binhost-serve", lambda run: serve_forever(run, cfg, lab.facts, work))
+
+    assert point in seen and len(seen[point]) == 1, seen
+    (daemon,) = seen[point]
+    try:
+        lines = out.splitlines()
+        assert code == 130, out
+        assert lines[0].startswith("binhost-serve: FAILED in ") and lines[1].startswith("  report: "), out
+        assert lines[2:] == [STARTUP_STOPPED.format(name)], out
+        assert not running(daemon), f"rsync --daemon (pid {daemon}) still runs after a {name} at {point}"
+        assert rsync_pids(work / "rsyncd.conf") == []
+        assert refused(rsync_port) and refused(http_port)
+    finally:
+        if running(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
+def test_serve_sigterm_as_soon_as_rsync_appears_leaves_no_daemon(serve_process):
+    """A real asynchronous signal from outside, the moment the daemon exists: the start-up is cut anywhere."""
+    for _round in range(3):
+        rsync_port, http_port = free_port(), free_port()
+        child = serve_process(rsync_port, http_port)
+        deadline = time.monotonic() + 60
+        while not (daemons := rsync_pids(child.work / "rsyncd.conf")):
+            assert child.proc.poll() is None and time.monotonic() < deadline, "rsync never started"
+            time.sleep(0.002)
+        serve_process.daemons.extend(daemons)
+        child.proc.send_signal(signal.SIGTERM)
+        code = child.finish()
+        if SERVING in child.output:  # the start won the race: a normal stop
+            assert code == 0 and "served 0 HTTP requests" in child.output, child.output
+        else:
+            assert code == 130, child.output
+            assert STARTUP_STOPPED.format("SIGTERM") in child.output
+            assert not any(line.startswith(("rsync:", "http:", "served")) for line in child.output), child.output
+        for pid in daemons:
+            assert not running(pid), f"rsync --daemon (pid {pid}) survived"
+        assert refused(rsync_port) and refused(http_port)
+
+
+def test_serve_killed_with_kill_9_takes_its_daemon_along_and_the_next_start_works(serve_process, lab):
+    rsync_port, http_port = free_port(), free_port()
+    child = serve_process(rsync_port, http_port)
+    assert child.wait_for_line(SERVING), "serve did not start:\n" + "\n".join(child.output)
+    daemon = child.rsync_pid()
+    serve_process.daemons.append(daemon)
+    assert greets(rsync_port)
+
+    child.proc.send_signal(signal.SIGKILL)
+    child.proc.wait()
+    deadline = time.monotonic() + 30
+    while running(daemon):
+        assert time.monotonic() < deadline, f"rsync --daemon (pid {daemon}) outlived kill -9 of its parent"
+        time.sleep(0.05)
+    assert (child.work / "rsyncd.pid").exists(), "the killed daemon left its pid file"
+
+    with serving(lab.config(), lab.facts, child.work, rsync_port=rsync_port, http_port=http_port) as server:
+        assert greets(rsync_port)
+        assert server.rsync_pid() != daemon

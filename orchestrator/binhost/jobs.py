@@ -11,15 +11,24 @@ from . import clients, signing
 from .clients import saved_facts
 from .serve import serve_forever
 from .session import BuildSystem, build_system, output_dir
-from .stages import RUNNERS, STAGE_DOCS, STAGES, StageContext
+from .stages import OPT_IN, RUNNERS, STAGE_DOCS, STAGES, StageContext
 from .tree import FingerprintStore
 
 
-def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[str] = ()) -> None:
-    """Run ``stages`` in order in one build-system session; each reports what it did or why not."""
+def build(run: JobRun, stages: Sequence[str] | None = None, unknown_skips: Sequence[str] = (),
+          skip: Sequence[str] = ()) -> None:
+    """Run ``stages`` in order in one build-system session; each reports what it did or why not.
+
+    ``stages=None`` is the full ``inv binhost``: every stage not in ``skip``, where an
+    opt-in stage (prune) runs only when its setting (``binhost.prune``) is true.
+    """
     if unknown_skips:
         raise ConfigError(f"--skip: no stage {unknown_skips[0]!r} (stages: {', '.join(STAGES)})")
     cfg: BinhostConfig = run.section("binhost")
+    off = {} if stages is not None else {
+        name: f"off (binhost.{setting} is false; `inv binhost.{name}` runs it once)"
+        for name, setting in OPT_IN.items() if not getattr(cfg, setting)}
+    stages = [name for name in STAGES if name not in skip] if stages is None else stages
     out = output_dir(run, cfg)
     with build_system(run, cfg) as system:
         facts = system.facts()
@@ -29,8 +38,9 @@ def build(run: JobRun, stages: Sequence[str] = STAGES, unknown_skips: Sequence[s
         ctx = StageContext(system, facts, FingerprintStore(out / "fingerprints.json"))
         try:
             for name in stages:
-                run.progress.say(f"{name}: ...")
-                message = RUNNERS[name](ctx)
+                if name not in off:
+                    run.progress.say(f"{name}: ...")
+                message = off.get(name) or RUNNERS[name](ctx)
                 run.progress.say(f"{name}: {message}")
                 run.report.summary[name] = message
         finally:

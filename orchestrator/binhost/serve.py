@@ -1,9 +1,11 @@
 """Serve the binhost without a system web server: ``rsync --daemon`` for the
 ebuild tree and a small read-only HTTP server for PKGDIR.
 
-``serving`` is used by ``inv binhost.serve`` (via ``serve_forever``), by the
-tunnel mode of client updates and by the tests; both servers stop when the
-block ends, also on an exception, Ctrl-C or SIGTERM.
+``serving`` is used by ``inv binhost.serve`` (via ``serve_forever``) and by the
+tests; both servers stop when the block ends, also on an exception, Ctrl-C or
+SIGTERM, and at any moment of start-up. The daemon runs in its own process
+group (its per-connection children stop with it) and under ``setpriv
+--pdeathsig KILL``, so even a ``kill -9`` of this process leaves no daemon.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from ..config import BinhostConfig
 from ..errors import ConfigError, Interrupted, OrchestratorError
+from ..signals import held_signals
 from .exposure import published_repos, render_exposure, url_path
 from .facts import BinhostFacts
 
@@ -31,20 +35,38 @@ STOP_TIMEOUT_S = 5.0
 WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
 
 
+class RsyncDaemon:
+    """A started ``rsync --daemon``: its process, port, and the part of its log this run wrote."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log_file: Path, log_start: int):
+        self.proc = proc
+        self.port = port
+        self.log_file = log_file
+        self.log_start = log_start
+
+    def check(self) -> None:
+        """Raise if the daemon has died (it logs why)."""
+        if self.proc.poll() is not None:
+            raise OrchestratorError(f"rsync --daemon on port {self.port} exited {self.proc.returncode}: "
+                                    f"{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return _log_tail(self.log_file, self.log_start)
+
+
 class Serving:
     """What a running ``serving`` block offers: where clients connect, and how it is doing."""
 
     def __init__(self, host: str, url_path: str, repos: tuple[str, ...], http: "BinhostHTTPServer",
-                 rsync: subprocess.Popen, rsync_port: int, rsync_log: Path, rsync_log_start: int):
+                 rsync: RsyncDaemon):
         self.host = host  # the name or address put into URLs
         self.url_path = url_path
         self.repos = repos
-        self.rsync_port = rsync_port
+        self.rsync_port = rsync.port
         self.http_port = http.server_address[1]
-        self.rsync_log = rsync_log
+        self.rsync_log = rsync.log_file
         self._http = http
         self._rsync = rsync
-        self._rsync_log_start = rsync_log_start
 
     @property
     def http_url(self) -> str:
@@ -60,12 +82,10 @@ class Serving:
         return self._http.requests
 
     def rsync_pid(self) -> int:
-        return self._rsync.pid
+        return self._rsync.proc.pid
 
     def check_rsync(self) -> None:
-        """Raise if the daemon has died (it logs why)."""
-        if self._rsync.poll() is not None:
-            raise _rsync_died(self._rsync, self.rsync_port, self.rsync_log, self._rsync_log_start)
+        self._rsync.check()
 
 
 @contextmanager
@@ -74,9 +94,12 @@ def serving(cfg: BinhostConfig, facts: BinhostFacts, work_dir: Path, *, address:
     """Run rsyncd and the PKGDIR web server until the block ends.
 
     ``address`` and the ports override ``binhost.serve`` (tests use free
-    loopback ports); ``http_port=0`` lets the kernel pick one. Startup fails
-    within ~10 s with one line (rsync's own reason included) and leaves
-    nothing running.
+    loopback ports); ``http_port=0`` lets the kernel pick one. Start-up is
+    rsync first (until it greets), then HTTP (until it answers); it fails
+    within ~10 s with one line (rsync's own reason included), and an error or
+    a signal at any moment of it stops whatever had started: nothing is left
+    running. Call it from the thread that stays in the block: the daemon's
+    death signal follows the thread that started it.
     """
     serve = dataclasses.replace(
         cfg.serve,
@@ -86,49 +109,84 @@ def serving(cfg: BinhostConfig, facts: BinhostFacts, work_dir: Path, *, address:
     )
     cfg = dataclasses.replace(cfg, serve=serve)
     work_dir.mkdir(parents=True, exist_ok=True)
-    config_file, rsync_log = work_dir / "rsyncd.conf", work_dir / "rsyncd.log"
-    rendered = render_exposure(cfg, facts, pid_file=work_dir / "rsyncd.pid", lock_file=work_dir / "rsyncd.lock")
+    config_file, rsync_log, pid_file = work_dir / "rsyncd.conf", work_dir / "rsyncd.log", work_dir / "rsyncd.pid"
+    rendered = render_exposure(cfg, facts, pid_file=pid_file, lock_file=work_dir / "rsyncd.lock")
     config_file.write_text(rendered["rsyncd.conf"])
+    _drop_stale_pid_file(pid_file)
     repos = tuple(r.name for r in published_repos(cfg, facts))
     prefix = url_path(serve.url_path)
-    log_start = rsync_log.stat().st_size if rsync_log.exists() else 0
+    host = _connect_address(serve.listen_address)
+    deadline = time.monotonic() + START_TIMEOUT_S
     with ExitStack() as stack:
-        http = stack.enter_context(_http_server(facts.pkgdir_host, prefix, serve.listen_address,
-                                                serve.http_port, work_dir / "http.log"))
-        rsync = stack.enter_context(_rsync_daemon(config_file, rsync_log))
-        server = Serving(serve.host() if serve.listen_address in WILDCARD_ADDRESSES else serve.listen_address,
-                         prefix, repos, http, rsync, serve.rsync_port, rsync_log, log_start)
-        _wait_ready(server, _connect_address(serve.listen_address))
-        yield server
+        rsync = _start_rsync(stack, config_file, serve.rsync_port, rsync_log)
+        _reached("rsync-started")
+        _wait_for(host, serve.rsync_port, b"@RSYNCD:", deadline, rsync)
+        _reached("rsync-ready")
+        http = _start_http(stack, facts.pkgdir_host, prefix, serve.listen_address, serve.http_port,
+                           work_dir / "http.log")
+        _reached("http-started")
+        _wait_for(host, http.server_address[1], b"", deadline, rsync)
+        _reached("ready")
+        yield Serving(serve.host() if serve.listen_address in WILDCARD_ADDRESSES else serve.listen_address,
+                      prefix, repos, http, rsync)
+
+
+def _reached(point: str) -> None:
+    """A named moment of start-up; tests replace this to interrupt exactly there."""
 
 
 def rsync_argv(config_file: Path, log_file: Path) -> list[str]:
-    return ["rsync", "--daemon", "--no-detach", f"--config={config_file}", f"--log-file={log_file}"]
+    """``rsync --daemon`` under ``setpriv --pdeathsig KILL``: it dies with the thread that started it."""
+    return ["setpriv", "--pdeathsig", "KILL", "--",
+            "rsync", "--daemon", "--no-detach", f"--config={config_file}", f"--log-file={log_file}"]
 
 
-@contextmanager
-def _rsync_daemon(config_file: Path, log_file: Path) -> Iterator[subprocess.Popen]:
-    """``rsync --daemon`` in its own process group, so its per-connection children stop with it."""
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(rsync_argv(config_file, log_file), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+def _start_rsync(stack: ExitStack, config_file: Path, port: int, log_file: Path) -> RsyncDaemon:
+    """Start the daemon in its own process group and register its stop, with no signal in between."""
+    log_start = log_file.stat().st_size if log_file.exists() else 0
+    with held_signals():
+        try:
+            with open(log_file, "ab") as log:
+                proc = subprocess.Popen(rsync_argv(config_file, log_file), stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise OrchestratorError(f"cannot start rsync --daemon: {exc.filename} not found "
+                                    "(it needs rsync and util-linux's setpriv)") from None
+        _reached("rsync-spawned")  # a signal here is held until the stop below is registered
+        stack.callback(_stop_group, proc)
+    return RsyncDaemon(proc, port, log_file, log_start)
+
+
+def _drop_stale_pid_file(pid_file: Path) -> None:
+    """rsync refuses to start over an existing pid file; one left by a killed daemon is removed."""
     try:
-        yield proc
-    finally:
-        _stop_group(proc)
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid_file.unlink(missing_ok=True)
+        return
+    if not _running(pid):
+        pid_file.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """TERM the daemon's group, wait, KILL what is left (a child serving a slow client).
 
-    The KILL runs even when a second Ctrl-C/SIGTERM interrupts the wait.
+    Signals are held meanwhile, so a second Ctrl-C/SIGTERM cannot cut the stop short.
     """
-    try:
+    with held_signals():
         _signal_group(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -140,17 +198,14 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _wait_ready(server: Serving, host: str) -> None:
-    """Until rsync greets (``@RSYNCD:``, so not another program on that port) and HTTP accepts."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    for port, greeting in ((server.rsync_port, b"@RSYNCD:"), (server.http_port, b"")):
-        while not _answers(host, port, greeting):
-            server.check_rsync()
-            if time.monotonic() > deadline:
-                raise OrchestratorError(
-                    f"port {port} on {host} does not answer after {START_TIMEOUT_S:.0f} s; "
-                    f"rsync log: {_log_tail(server.rsync_log, server._rsync_log_start)}")
-            time.sleep(0.05)
+def _wait_for(host: str, port: int, greeting: bytes, deadline: float, rsync: RsyncDaemon) -> None:
+    """Until ``port`` answers (with ``greeting``: rsync says ``@RSYNCD:``, so not another program on it)."""
+    while not _answers(host, port, greeting):
+        rsync.check()
+        if time.monotonic() > deadline:
+            raise OrchestratorError(f"port {port} on {host} does not answer after {START_TIMEOUT_S:.0f} s; "
+                                    f"rsync log: {rsync.log_tail()}")
+        time.sleep(0.05)
 
 
 def _answers(host: str, port: int, greeting: bytes) -> bool:
@@ -159,10 +214,6 @@ def _answers(host: str, port: int, greeting: bytes) -> bool:
             return not greeting or sock.recv(len(greeting)) == greeting
     except OSError:
         return False
-
-
-def _rsync_died(proc: subprocess.Popen, port: int, log_file: Path, start: int) -> OrchestratorError:
-    return OrchestratorError(f"rsync --daemon on port {port} exited {proc.returncode}: {_log_tail(log_file, start)}")
 
 
 def _log_tail(log_file: Path, start: int, lines: int = 3) -> str:
@@ -250,9 +301,11 @@ class PkgdirHandler(http.server.SimpleHTTPRequestHandler):
         self.server.write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
 
 
-@contextmanager
-def _http_server(root: Path, prefix: str, address: str, port: int, log_file: Path) -> Iterator[BinhostHTTPServer]:
-    with open(log_file, "a") as log:
+def _start_http(stack: ExitStack, root: Path, prefix: str, address: str, port: int,
+                log_file: Path) -> BinhostHTTPServer:
+    """Bind, start the serving thread and register its stop, with no signal in between."""
+    log = stack.enter_context(open(log_file, "a"))
+    with held_signals():
         try:
             server = BinhostHTTPServer((address, port), root=root, prefix=prefix, log=log)
         except OSError as exc:
@@ -260,32 +313,43 @@ def _http_server(root: Path, prefix: str, address: str, port: int, log_file: Pat
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="binhost-http", daemon=True)
         thread.start()
-        try:
-            yield server
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=STOP_TIMEOUT_S)
+        stack.callback(_stop_http, server, thread)
+    return server
+
+
+def _stop_http(server: BinhostHTTPServer, thread: threading.Thread) -> None:
+    with held_signals():
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=STOP_TIMEOUT_S)
 
 
 def serve_forever(run, cfg: BinhostConfig, facts: BinhostFacts, work_dir: Path) -> None:
-    """``inv binhost.serve``: serve until Ctrl-C or SIGTERM, which is the normal way to stop (exit 0)."""
+    """``inv binhost.serve``: serve until Ctrl-C or SIGTERM, which is the normal way to stop (exit 0).
+
+    A signal before both servers answer is no normal stop: whatever had started
+    is stopped, and the run fails as interrupted (exit 130) with one line.
+    """
     if run.dry:
-        run.echo(" ".join(rsync_argv(work_dir / "rsyncd.conf", work_dir / "rsyncd.log")))
+        run.echo(shlex.join(rsync_argv(work_dir / "rsyncd.conf", work_dir / "rsyncd.log")))
         run.echo(f"HTTP server for {facts.pkgdir_host} on {cfg.serve.listen_address}:{cfg.serve.http_port}")
         return
     server = None
     try:
         with serving(cfg, facts, work_dir) as server:
-            for repo in server.repos:
-                run.echo(f"rsync: {server.rsync_url(repo)}")
-            run.echo(f"http: {server.http_url}")
-            run.echo("serving; stop with Ctrl-C or SIGTERM")
+            with held_signals():  # all three lines or none
+                for repo in server.repos:
+                    run.echo(f"rsync: {server.rsync_url(repo)}")
+                run.echo(f"http: {server.http_url}")
+                run.echo("serving; stop with Ctrl-C or SIGTERM")
             while True:
                 server.check_rsync()
                 time.sleep(0.5)
-    except (KeyboardInterrupt, Interrupted):
-        pass
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if server is None:
+            why = getattr(exc, "signal_name", None) or "Ctrl-C"
+            raise Interrupted(f"stopped by {why} while starting; rsync and the HTTP server were stopped, "
+                              "nothing is left running") from None
     finally:
         if server is not None:
             run.echo(f"served {server.http_requests} HTTP requests")

@@ -31,7 +31,7 @@ from .streamlog import StreamLog
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "chroot"
 INSIDE_DIR = PurePosixPath("/usr/local/libexec/gentoo-ec2-orchestrator")
-SCRIPTS = ("binhost-info", "binhost-stale", "binhost-sync", "binhost-world", "binhost-package",
+SCRIPTS = ("binhost-info", "binhost-stale", "binhost-binpkgs", "binhost-sync", "binhost-world", "binhost-package",
            "binhost-index", "binhost-publish")
 FACTS_FILE = "facts.json"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

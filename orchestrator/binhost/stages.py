@@ -3,6 +3,8 @@
 sync     emerge --sync; reports which trees changed
 world    emerge -uDN --buildpkg @world; reports what was built
 package  quickpkg --include-config=y only packages whose binary package is missing or stale
+prune    remove superseded binary packages and those no ebuild or installed package matches (see
+         prune.py); only in a full run when binhost.prune is true
 index    emaint binhost --fix, only when Packages does not match PKGDIR
 publish  egencache --write-timestamp, only for trees changed since they were last published
 owner    chown PKGDIR for the web server user, only what differs
@@ -19,15 +21,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import human_size
 from ..errors import ConfigError, OrchestratorError
 from ..portage_conf import render_client_configs
 from .clients import planned_uris
 from .exposure import published_repos, render_exposure, write_rendered
+from . import prune as pruning
 from .facts import BinhostFacts, RepoFacts
 from .session import BuildSystem
 from .tree import FingerprintStore, index_state, tree_fingerprint, unreadable_by_others, wrong_owner
 
-STAGES = ("sync", "world", "package", "index", "publish", "owner", "configs")
+STAGES = ("sync", "world", "package", "prune", "index", "publish", "owner", "configs")
+OPT_IN = {"prune": "prune"}  # stage -> the binhost setting that puts it into every full run
 EMERGING = re.compile(r"^>>> Emerging \(\d+ of \d+\) (\S+?)(?:::\S+)?\s*$")
 
 
@@ -112,6 +117,52 @@ def index(ctx: StageContext) -> str:
     return f"rewrote Packages ({state.describe()}); it lists {after.files} binary packages"
 
 
+def prune(ctx: StageContext) -> str:
+    """Remove what the policy in prune.py gives up, then rewrite Packages; --dry lists it with the bytes."""
+    keep = ctx.system.cfg.keep_binpkgs
+    repos = [repo.name for repo in ctx.published()]
+    found = ctx.system.probe_json("binhost-binpkgs", "--json", *[f"--repo={name}" for name in repos])
+    pkgdir = ctx.facts.pkgdir_host
+    doomed = pruning.locate(pkgdir, pruning.plan(found["slots"], keep))
+    total = found["binpkgs"]
+    if not doomed:
+        return _reindex_leftovers(ctx, total) or (
+            f"nothing to do: all {total} binary packages are kept (installed builds, up to {keep} older "
+            f"build(s) per package, or still in {', '.join(repos)})")
+    freed = sum(d.size for d in doomed)
+    what = f"{len(doomed)} of {total} binary packages, {freed} bytes ({human_size(freed)})"
+    verb = "would remove" if ctx.dry else "removed"
+    for d in doomed:
+        if not ctx.dry:
+            pruning.remove(d, pkgdir)
+        ctx.system.run.echo(f"{'[dry-run] ' if ctx.dry else ''}prune: {verb} {d.removal.path} "
+                            f"({d.size} bytes, {d.removal.why})")
+    if ctx.dry:
+        return f"would remove {what}: {_short_list([d.removal.path for d in doomed])}"
+    after = _rewrite_index(ctx)
+    return f"removed {what}: {_short_list([d.removal.path for d in doomed])}; Packages lists {after.files}"
+
+
+def _reindex_leftovers(ctx: StageContext, total: int) -> str:
+    """A prune cut short between removing files and re-indexing left entries without a file: fix them."""
+    gone = index_state(ctx.facts.pkgdir_host).gone
+    if not gone:
+        return ""
+    if ctx.dry:
+        return f"nothing to remove; would rewrite Packages ({len(gone)} index entries without a file)"
+    after = _rewrite_index(ctx)
+    return f"nothing to remove; rewrote Packages ({len(gone)} index entries without a file); it lists {after.files}"
+
+
+def _rewrite_index(ctx: StageContext):
+    ctx.system.script("binhost-index", stream=True)
+    after = index_state(ctx.facts.pkgdir_host)
+    if not after.current:
+        raise OrchestratorError(f"{ctx.facts.pkgdir_host}/Packages does not match PKGDIR after pruning and emaint: "
+                                f"{after.describe()}")
+    return after
+
+
 def publish(ctx: StageContext) -> str:
     """Make each changed tree servable over rsync: a metadata cache and metadata/timestamp.chk.
 
@@ -177,6 +228,7 @@ STAGE_DOCS = {
     "sync": "Sync the build system's repositories (emerge --sync); says which trees changed.",
     "world": "emerge -uDN --buildpkg @world in the build system, without questions.",
     "package": "quickpkg --include-config=y the installed packages whose binary package is missing or stale.",
+    "prune": "Remove binary packages superseded beyond binhost.keep_binpkgs or without ebuild and installed package.",
     "index": "Rewrite PKGDIR/Packages (emaint binhost --fix) when it does not match the binary packages.",
     "publish": "egencache --write-timestamp the published trees that changed since they were last published.",
     "owner": "chown PKGDIR to binhost.serve.web_user/web_group where it differs.",
@@ -202,8 +254,8 @@ def configs(ctx: StageContext) -> str:
 
 
 RUNNERS: dict[str, Callable[[StageContext], str]] = {
-    "sync": sync, "world": world, "package": package, "index": index, "publish": publish, "owner": owner,
-    "configs": configs,
+    "sync": sync, "world": world, "package": package, "prune": prune, "index": index, "publish": publish,
+    "owner": owner, "configs": configs,
 }
 
 

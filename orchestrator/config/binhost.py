@@ -89,6 +89,8 @@ class BinhostConfig:
     quickpkg_jobs: Annotated[int, Between(0, MAX_WORKERS)] = 0  # 0: one per core
     output_dir: Path | None = None  # rendered configs; default <state_dir>/binhost
     timeout: Annotated[int, Between(1)] = 6 * 3600  # seconds for one stage's command
+    prune: bool = False  # also run the prune stage in every full `inv binhost` (`inv binhost.prune` always can)
+    keep_binpkgs: Annotated[int, Between(0, 1000)] = 1  # per package slot: builds older than the installed one kept
     signing: SigningConfig = field(default_factory=SigningConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     clients: list[ClientConfig] = field(default_factory=list)
