@@ -295,7 +295,7 @@ def test_a_taken_http_port_is_named_and_rsync_is_not_left_running(lab, tmp_path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = "serving; stop with Ctrl-C or SIGTERM"
-STARTUP_STOPPED = ("  error: stopped by {} while starting; rsync and the HTTP server were stopped, "
+STARTUP_STOPPED = ("error: stopped by {} while starting; rsync and the HTTP server were stopped, "
                    "nothing is left running")
 SERVE_CHILD = """
 import json, sys
