@@ -99,6 +99,17 @@ def test_a_corrupted_stored_part_fails_the_drill_and_leaves_nothing(site):
     assert list(drill_dir(site).iterdir()) == []
 
 
+def test_a_drill_leaves_the_staging_copies_and_inflight_sets_alone(site):
+    (site.data / "f").write_text("x")
+    backup_ok(site)
+    (site.staging / "inflight" / "20991231T000000Z").mkdir(parents=True)
+    before = sorted(p.relative_to(site.staging) for p in site.staging.rglob("*") if "drill" not in p.parts)
+    assert any(p.parts[0] == "complete" for p in before)
+    code, out = verify(site)
+    assert code == 0, out
+    assert sorted(p.relative_to(site.staging) for p in site.staging.rglob("*") if "drill" not in p.parts) == before
+
+
 def test_leftovers_of_a_killed_drill_are_removed_by_the_next(site):
     (site.data / "f").write_text("x")
     backup_ok(site)

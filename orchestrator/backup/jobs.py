@@ -20,7 +20,8 @@ from .restore import ColdPolicy, Restorer, describe_sets, resolve_set
 from .retention import finish_pending_deletions
 from .retrieval import readable_jobs
 from .stores import open_store
-from .verify import SHOWN_PROBLEMS, check_room, drill_bytes, retrieval_cost, run_drill, sample_directories, scratch_dir
+from .verify import (SHOWN_PROBLEMS, check_room, drill_bytes, drill_root, retrieval_cost, run_drill,
+                     sample_directories, scratch_dir)
 
 
 def catalog_path(run: JobRun) -> Path:
@@ -143,7 +144,7 @@ def verify(run: JobRun, set_id: str | None = None, sample: int = 0, tier: str | 
         if run.dry:
             return
         layout = Layout(cfg.staging_dir, run.general.state_dir, row["host"])
-        remove_tree(scratch_dir(layout, "").parent)  # what a killed drill left
+        remove_tree(drill_root(layout))  # what a killed drill left
         layout.staging_dir.mkdir(parents=True, exist_ok=True)
         check_room(layout.staging_dir, stored, plain)
         restorer = Restorer(catalog, store, layout, cfg.encryption, run.progress,

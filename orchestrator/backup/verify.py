@@ -195,6 +195,10 @@ def _show(path: bytes) -> str:
     return os.fsdecode(path).encode("unicode_escape").decode("ascii")
 
 
-def scratch_dir(layout: Layout, set_id: str) -> Path:
+def drill_root(layout: Layout) -> Path:
     """Where drills unpack: on the staging disk, inside the staging dir (which no backup includes)."""
-    return layout.staging_dir / layout.host / "drill" / set_id
+    return layout.staging_dir / layout.host / "drill"
+
+
+def scratch_dir(layout: Layout, set_id: str) -> Path:
+    return drill_root(layout) / set_id
