@@ -71,14 +71,21 @@ class Layout:
         return self.state_dir / "snapshots" / self.host
 
     def set_dir(self, set_id: str, local_state: str) -> Path:
-        return (self.complete if local_state == "complete" else self.inflight) / set_id
+        return (self.complete if local_state == "complete" else self.inflight) / one_component(set_id)
 
     def snapshot_dir(self, set_id: str, partial: bool = False) -> Path:
-        return self.snapshots / (f"{set_id}.partial" if partial else set_id)
+        return self.snapshots / (f"{one_component(set_id)}.partial" if partial else one_component(set_id))
 
     def ensure(self) -> None:
         for d in (self.inflight, self.complete, self.snapshots):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def one_component(name: str) -> str:
+    """A set id as a path component; anything else (empty, ``..``, a slash) would aim a removal too high."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"not a single path component: {name!r}")
+    return name
 
 
 def remove_tree(path: Path) -> None:

@@ -126,7 +126,7 @@ def discard_set(run: "BackupRun", row) -> None:
     adopt_uploads(run, set_id)
     for part in run.catalog.parts(set_id):
         drop_stored(run, part)
-    remove_tree(run.layout.inflight / set_id)
+    remove_tree(run.layout.set_dir(set_id, "inflight"))
     remove_tree(run.layout.snapshot_dir(set_id, partial=True))
     remove_tree(run.layout.snapshot_dir(set_id))
     for d in run.catalog.dirs(set_id):

@@ -37,7 +37,7 @@ def local_sets_to_prune(catalog: Catalog, host: str, keep: int) -> list[str]:
 def prune_local(catalog: Catalog, layout: Layout, keep: int) -> list[str]:
     removed = []
     for set_id in local_sets_to_prune(catalog, layout.host, keep):
-        remove_tree(layout.complete / set_id)
+        remove_tree(layout.set_dir(set_id, "complete"))
         crash_point("local-pruned")
         catalog.set_local_state(set_id, "pruned")
         removed.append(set_id)
@@ -140,7 +140,7 @@ def delete_set_everywhere(catalog: Catalog, store: Store, layout: Layout, set_id
     for part in catalog.parts(set_id):
         if part["archive_id"]:
             store.delete(part["archive_id"])
-    remove_tree(layout.complete / set_id)
+    remove_tree(layout.set_dir(set_id, "complete"))
     remove_tree(layout.snapshot_dir(set_id))
     catalog.forget_set(set_id)
 

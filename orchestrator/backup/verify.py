@@ -26,7 +26,7 @@ from pathlib import Path
 from ..config import human_size
 from ..errors import OrchestratorError
 from .catalog import Catalog
-from .layout import Layout, remove_tree
+from .layout import Layout, one_component, remove_tree
 from .restore import Restorer
 from .tarindex import Entry, expected_tree
 
@@ -201,4 +201,4 @@ def drill_root(layout: Layout) -> Path:
 
 
 def scratch_dir(layout: Layout, set_id: str) -> Path:
-    return drill_root(layout) / set_id
+    return drill_root(layout) / one_component(set_id)
