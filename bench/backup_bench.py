@@ -536,33 +536,49 @@ def check_restored(tree: Path, corpus: Path, digest_full: tuple) -> tuple:
     return restored
 
 
-def store_drill(config: dict, work: Path, base: Path, full: dict, corpus: Path, digest_full: tuple):
+def store_drill(config: dict, work: Path, base: Path, full: dict, corpus: Path, digest_full: tuple,
+                repeat: int) -> tuple[list[dict], list[dict]]:
     """Phase 7: ``inv restore`` and ``inv verify`` of the full set, both reading the directory store.
 
-    The set's staging copies are moved out of the staging directory for both runs (a restore then
+    The set's staging copies are moved out of the staging directory for these runs (a restore then
     finds none and fetches every part from the store, as verify always does) and put back after,
-    so the nightly incremental that follows starts from the same state as before.  Whether the
-    staging directory's ``complete/`` survived ``inv verify`` is recorded (``staging_survived``):
-    verify's clean-up of a killed drill's leftovers must not reach beyond its own scratch space.
+    so the nightly incremental that follows starts from the same state as before.  With
+    ``repeat`` > 1 the two alternate (restore, verify, verify, restore, ...): on these VMs a
+    ``tar -x`` gets slower as a run goes on, and a fixed order would bill that to one side.
     """
     local = Path(config["backup"]["staging_dir"]) / "benchhost" / "complete" / full["set_id"]
     aside = work / f"staging-copies-{full['set_id']}"
+    rests, vers = [], []
     os.rename(local, aside)
     try:
-        target = base / "restore-store"
-        target.mkdir()
-        rest = run_ours("restore", config, work, "restore-store", target=str(target / "tree"), set_id=full["set_id"])
-        check_restored(target / "tree", corpus, digest_full)
-        shutil.rmtree(target)
-        ver = run_ours("verify", config, work, "verify", set_id=full["set_id"])
-        ver["staging_survived"] = local.parent.is_dir()
+        for rep in range(repeat):
+            tag = f"-run{rep + 1}" if rep else ""
+            for which in ("restore", "verify") if rep % 2 == 0 else ("verify", "restore"):
+                if which == "restore":
+                    rests.append(store_restore(config, work, base / f"restore-store{tag}", full, corpus, digest_full))
+                else:
+                    vers.append(run_ours("verify", config, work, f"verify{tag}", set_id=full["set_id"]))
+                    vers[-1]["staging_survived"] = local.parent.is_dir()
     finally:
         local.parent.mkdir(parents=True, exist_ok=True)
         os.rename(aside, local)
-    if not ver["staging_survived"]:
+    if not all(v["staging_survived"] for v in vers):
         say(f"   NOTE: {local.parent} was gone after inv verify (its staging copies had been moved aside "
             "and are back); a host's local copies would have been deleted")
-    return rest, ver
+    return rests, vers
+
+
+def store_restore(config: dict, work: Path, target: Path, full: dict, corpus: Path, digest_full: tuple) -> dict:
+    target.mkdir()
+    rest = run_ours("restore", config, work, target.name, target=str(target / "tree"), set_id=full["set_id"])
+    check_restored(target / "tree", corpus, digest_full)
+    shutil.rmtree(target)
+    return rest
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the upper one of an even count, as for the backups)."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
 
 
 def trace_restore(trace: Trace, restore) -> None:
@@ -856,6 +872,7 @@ def analyse_restore(run: dict, cores: int) -> dict:
         "locate_s": span_sum(ev, "locate"),
         "fetch_s": span_sum(ev, "fetch"),
         "downloads": len(ev.get("download", [])),
+        "download_thread_s": span_sum(ev, "download"),
         "download_bytes": sum(d for *_, d in ev.get("download", [])),
         "unpack_s": span_sum(ev, "unpack"),
         "decode_wall_sum_s": sum(b - a for a, b in dec),
@@ -927,14 +944,18 @@ def print_restore_lines(label: str, run: dict, r: dict) -> None:
     print(f"{label}: {fmt_s(run['wall'])} = before Restorer.restore {r['startup_s'] or 0:.2f} s + restore "
           f"{r['restorer_s']:.2f} s + after {run['wall'] - (r['startup_s'] or 0) - r['restorer_s']:.2f} s")
     print(f"  in restore: check staging copies {r['locate_s']:.2f} s, fetch from the store {r['fetch_s']:.2f} s "
-          f"({r['downloads']} parts, {fmt_b(r['download_bytes'])}), unpack {r['unpack_s']:.2f} s (waiting for "
-          f"decoders {r['wait_for_decoders_s']:.2f} s, tar taking chunks {r['tar_write_s']:.2f} s), other "
-          f"{r['restorer_other_s']:.2f} s; idle core-seconds while decoding {r.get('idle_core_s_decoding', 0):.1f}")
+          f"({r['downloads']} parts, {fmt_b(r['download_bytes'])}, downloads {r['download_thread_s']:.2f} thread-s), "
+          f"{unpack_text(r)}, other {r['restorer_other_s']:.2f} s")
+
+
+def unpack_text(r: dict) -> str:
+    return (f"unpack {r['unpack_s']:.2f} s (waiting for decoders {r['wait_for_decoders_s']:.2f} s, tar taking chunks "
+            f"{r['tar_write_s']:.2f} s; idle core-seconds while decoding {r.get('idle_core_s_decoding', 0):.1f})")
 
 
 def print_drill_lines(run: dict, v: dict, restore_diag: dict) -> None:
-    print(f"verify: {fmt_s(run['wall'])} = restore part {v['restorer_s']:.2f} s (fetch {v['fetch_s']:.2f} s, unpack "
-          f"{v['unpack_s']:.2f} s) + compare part {v['compare_s']:.2f} s + expected tree from the index "
+    print(f"verify: {fmt_s(run['wall'])} = restore part {v['restorer_s']:.2f} s (fetch {v['fetch_s']:.2f} s, "
+          f"{unpack_text(v)}) + compare part {v['compare_s']:.2f} s + expected tree from the index "
           f"{v['expected_s']:.2f} s + scratch removal {v['scratch_rm_s']:.2f} s + the rest {v['rest_s']:.2f} s "
           f"(interpreter, imports, catalog, report)")
     print(f"  compare: {v['compare_entries']} entries, {fmt_b(v['compare_bytes'])} of file content; per-entry checks "
@@ -1097,12 +1118,16 @@ def main(argv=None) -> int:
 
         # 7. restore and verify, both from the store ----------------------------------------------
         say("7. restore with the staging copies gone, then inv verify, both from the store ...")
-        srest, ver = store_drill(config, work, base, full, corpus, digest_full)
+        srests, vers = store_drill(config, work, base, full, corpus, digest_full, args.repeat)
+        srest, ver = median_run(srests), median_run(vers)
         srest_diag, ver_diag = analyse_restore(srest, cores), analyse_drill(ver, cores)
-        say(f"   restore from the store {fmt_s(srest['wall'])}, verify {fmt_s(ver['wall'])} "
-            f"({ver_diag['compare_entries']} entries, {fmt_b(ver_diag['compare_bytes'])} compared)")
-        figures["restore_store"] = {k: v for k, v in srest.items() if k != "trace"} | {"diag": srest_diag}
-        figures["verify"] = {k: v for k, v in ver.items() if k != "trace"} | {"diag": ver_diag}
+        say(f"   restore from the store {', '.join(fmt_s(r['wall']) for r in srests)}, verify "
+            f"{', '.join(fmt_s(r['wall']) for r in vers)} ({ver_diag['compare_entries']} entries, "
+            f"{fmt_b(ver_diag['compare_bytes'])} compared)")
+        figures["restore_store"] = ({k: v for k, v in srest.items() if k != "trace"}
+                                    | {"diag": srest_diag, "walls": [r["wall"] for r in srests]})
+        figures["verify"] = ({k: v for k, v in ver.items() if k != "trace"}
+                             | {"diag": ver_diag, "walls": [r["wall"] for r in vers]})
 
         # 4. nightly incremental ---------------------------------------------------------------
         n_changed, b_changed = change_files(corpus, files, args.change, args.seed)
@@ -1164,7 +1189,9 @@ def main(argv=None) -> int:
         print_table(rows)
         if args.repeat > 1:
             print(f"walls (median in the table): seed {', '.join(fmt_s(x['wall']) for x in seeds)}; "
-                  f"ours {', '.join(fmt_s(x['wall']) for x in fulls)}")
+                  f"ours {', '.join(fmt_s(x['wall']) for x in fulls)}; limit {', '.join(fmt_s(x) for x in lim['walls'])}"
+                  f"; restore from the store {', '.join(fmt_s(x['wall']) for x in srests)}; verify "
+                  f"{', '.join(fmt_s(x['wall']) for x in vers)}")
         print(f"memory bound = workers x codec + (workers + queue_depth) x chunk = {workers} x "
               f"{codec_mem // MiB} MiB + ({workers} + {cfg.queue_depth}) x {cfg.chunk_size // MiB} MiB = "
               f"{bound // MiB} MiB  (xz {flags} needs {codec_mem // MiB} MiB per process, per xz -vv)")
