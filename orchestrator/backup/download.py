@@ -87,7 +87,7 @@ def _fetch_ranges(store: Store, part, tmp: Path, workers: int, job_id: str | Non
     if (sha256, tree_hash, got) != (part["sha256"], part["tree_hash"], size):
         raise OrchestratorError(
             f"{label} is corrupted in {store.name}: sha256 {sha256[:16]}... expected {part['sha256'][:16]}...; "
-            "nothing was unpacked")
+            "nothing was restored")
     return refetched
 
 

@@ -1,7 +1,8 @@
 """``inv restore``: list sets, and restore a set (its whole incremental chain) into a directory.
 
-Every part is fetched and its sha256 checked against the catalog before anything
-is decrypted or unpacked; each chunk's plaintext is checked again after
+Every part's sha256 is checked against the catalog before it is decrypted or
+decoded (a part from the store is fetched by the decoder that needs it, so
+downloads overlap decoding); each chunk's plaintext is checked again after
 decompression.  Unpacking happens in a hidden sibling directory that is renamed
 into place only when every directory of every set in the chain went in cleanly,
 so a failed restore never leaves a tree that looks complete.
@@ -13,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,7 @@ class PartSource:
     encrypted: bool
     plain_sha256: str
     plain_size: int
+    remote: object = None  # the catalog row of a part still to be fetched from the store (path is then None)
 
 
 def resolve_set(catalog: Catalog, host: str, wanted: str | None):
@@ -118,6 +121,7 @@ class Restorer:
         self.cold = cold or ColdPolicy()
         self.refetched = 0
         self.jobs: dict[str, str | None] = {}
+        self._fetch_lock = threading.Lock()
 
     def restore(self, set_row, target: Path, directories: list[str] | None = None) -> dict:
         chain = self.catalog.chain(set_row["id"])
@@ -186,14 +190,18 @@ class Restorer:
         return None
 
     def fetch_verified(self, chain, slug: str, fetch_dir: Path, local) -> list[list[PartSource]]:
-        """Per set in the chain, the directory's parts, each at a path whose sha256 matched."""
+        """Per set in the chain, the directory's parts: an intact staging copy, or a part that
+        ``decode_one`` fetches (verified) from the store into ``fetch_dir`` just before decoding it."""
+        self.fetch_dir = fetch_dir
         per_set = []
         for row in chain:
             sources = []
             for part in self.catalog.parts(row["id"], slug):
-                path = local.get((row["id"], part["name"])) or self.fetch_from_store(row["id"], part, fetch_dir)
+                path = local.get((row["id"], part["name"]))
+                if path is None and not part["archive_id"]:
+                    raise OrchestratorError(f"part {part['name']} of set {row['id']} was never stored")
                 sources.append(PartSource(row["id"], part["name"], path, row["codec"], bool(row["encrypted"]),
-                                          part["plain_sha256"], part["plain_size"]))
+                                          part["plain_sha256"], part["plain_size"], None if path else part))
             if sources:
                 per_set.append(sources)
         return per_set
@@ -203,9 +211,11 @@ class Restorer:
             raise OrchestratorError(f"part {part['name']} of set {set_id} was never stored")
         dest = fetch_dir / set_id / part["name"]
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.refetched += download_verified(self.store, part, dest, workers=self.workers,
-                                            job_id=self.jobs.get(part["archive_id"]),
-                                            label=f"part {part['name']} of set {set_id}")
+        refetched = download_verified(self.store, part, dest, workers=self.workers,
+                                      job_id=self.jobs.get(part["archive_id"]),
+                                      label=f"part {part['name']} of set {set_id}")
+        with self._fetch_lock:
+            self.refetched += refetched
         return dest
 
     # unpacking ---------------------------------------------------------------------------
@@ -246,9 +256,13 @@ class Restorer:
                 yield window.popleft().result()
 
     def decode_one(self, source: PartSource) -> memoryview:
+        if source.path is None:
+            source.path = self.fetch_from_store(source.set_id, source.remote, self.fetch_dir)
         argv = codec.decompress_argv(source.codec)
         stages = [codec.decrypt_argv(self.encryption), argv] if source.encrypted else [argv]
         data = run_chain(stages, source.path, source.plain_size)
+        if source.remote is not None:
+            source.path.unlink()  # a downloaded part is not needed once decoded: the work dir stays small
         if len(data) != source.plain_size or hashlib.sha256(data).hexdigest() != source.plain_sha256:
             raise OrchestratorError(f"part {source.name} of set {source.set_id} decoded to different bytes "
                                     "than were backed up; nothing more was unpacked")
