@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -32,13 +33,28 @@ def backup_child(site, tag: str, env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, "GEO_TEST_TAG": tag, **(env or {})})
 
 
-def processes_tagged(tag: str) -> list[str]:
-    """Live processes that inherited our tag (a killed run's tar, xz or gpg, even after reparenting)."""
+def processes_tagged(tag: str, deadline_s: float = 30.0) -> list[str]:
+    """Processes that inherited our tag (a killed run's tar, xz or gpg, even after reparenting) and are
+    still alive ``deadline_s`` after the kill.
+
+    A child killed with its group still shows in /proc for a moment while it exits and until
+    init reaps it; waiting for that event (zombies do not count), with a deadline, tells it
+    from a child that really lives on.
+    """
+    deadline = time.monotonic() + deadline_s
+    while (found := _tagged(tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _tagged(tag: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
             if f"GEO_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 found.append(f"{entry.name} {cmdline}")
