@@ -391,6 +391,7 @@ def test_errors_are_one_line_and_name_no_secret(double, tmp_path, monkeypatch):
 
 
 # inventory ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_list_is_not_ready_until_the_inventory_job_finishes(double, moto, tmp_path):
     store = make_store(double, "inventory", part_size=MIB)
     path, sha, tree, _ = blob(tmp_path, 2 * MIB + 9)
@@ -534,6 +535,7 @@ def test_an_output_cut_off_midway_is_read_again_by_our_layer(retrieved, double, 
     assert double.outputs() - before == 1 + 2 + 3 and len(slept) == 2
 
 
+@pytest.mark.slow
 def test_throttled_reads_are_retried_by_botocore_alone(retrieved, double, tmp_path, monkeypatch):
     _, archive_id, job_id, data, part = retrieved
     store = make_store(double, "retrieve", max_attempts=3)
@@ -554,6 +556,7 @@ def test_throttled_reads_are_retried_by_botocore_alone(retrieved, double, tmp_pa
     assert slept == [] and not (tmp_path / "again").exists()
 
 
+@pytest.mark.slow
 def test_whole_archive_reads_are_verified_and_retried_by_one_layer(retrieved, double, tmp_path, monkeypatch):
     store, archive_id, job_id, data, _ = retrieved
     slept = recorded_sleeps(store, monkeypatch)
@@ -661,6 +664,7 @@ def rerun_until_ready(run, timeout: float) -> tuple[int, str]:
             return code, out
 
 
+@pytest.mark.slow
 def test_end_to_end_restore_from_a_vault_waits_for_retrieval_then_matches(site, double, tmp_path):
     from treecmp import fingerprint
 
@@ -675,6 +679,7 @@ def test_end_to_end_restore_from_a_vault_waits_for_retrieval_then_matches(site, 
     assert fingerprint(target / site.data.relative_to("/")) == expected
 
 
+@pytest.mark.slow
 def test_fresh_machine_rebuilds_the_catalog_from_the_vault_and_restores_the_chain(site, double, tmp_path):
     """Empty state and staging dirs: inventory job, then manifest retrievals, then part retrievals."""
     from orchestrator.backup import jobs
