@@ -156,3 +156,15 @@ def test_a_drill_that_cannot_fit_on_the_staging_disk_refuses_before_restoring(si
         assert "free; try --sample N" in out
     finally:
         subprocess.run(["umount", str(staging)], check=True)
+
+
+def test_the_backup_summary_says_when_a_drill_last_passed(site):
+    (site.data / "f").write_text("x")
+    code, out = site.backup()
+    assert code == 0, out
+    assert summary_value(out, "last_drill").startswith("never (inv verify restores")
+    set_id = summary_value(out, "set")
+    assert verify(site)[0] == 0
+    code, out = site.backup()
+    assert code == 0, out
+    assert summary_value(out, "last_drill").endswith(f" UTC, set {set_id}")

@@ -50,6 +50,16 @@ def backup(run: JobRun) -> None:
         run.report.warnings.extend(warnings)
         run.report.summary["remote_sets_expired"] = ", ".join(deleted) or "none"
         add_cost_line(run, catalog, store, cfg)
+        run.report.summary["last_drill"] = last_drill(catalog, cfg.hostname)
+
+
+def last_drill(catalog: Catalog, host: str) -> str:
+    """When a set of this host last passed ``inv verify``: a backup is proven by a restore, not by its OK."""
+    drilled = [row for row in catalog.sets(host, "complete") if row["verified"]]
+    if not drilled:
+        return "never (inv verify restores the newest set and compares every file)"
+    newest = max(drilled, key=lambda row: row["verified"])
+    return f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(newest['verified']))} UTC, set {newest['id']}"
 
 
 def add_cost_line(run: JobRun, catalog: Catalog, store, cfg: BackupConfig) -> None:
