@@ -190,6 +190,11 @@ def test_catalog_v1_is_migrated_in_place_and_keeps_its_sets(site, tmp_path):
     assert {"leaves", "upload_id"} <= columns
 
 
+def interruptible() -> None:
+    """As on a terminal: a pytest started in the background by a shell inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_to_a_real_inv_process_group_cleans_up_and_the_rerun_resumes(site, tmp_path):
     """A terminal's Ctrl-C: SIGINT to the whole foreground process group of a real ``inv backup``."""
     import yaml
@@ -201,7 +206,7 @@ def test_ctrl_c_to_a_real_inv_process_group_cleans_up_and_the_rerun_resumes(site
     tag = f"sigint-{os.getpid()}-{time.monotonic_ns()}"
     inv = Path(sys.executable).with_name("inv")
     proc = subprocess.Popen([str(inv), "-f", str(site_file), "backup"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=interruptible,
                             env={**os.environ, "GEO_TEST_TAG": tag})
     try:
         wait_for_stored_part(site, proc)
