@@ -6,20 +6,19 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from children import TAG, finish, new_tag, no_tagged_left, tagged, wait_gone, wait_until
+from daemons import free_port, group_members, running
 from portage_lab import make_repo
-from sshd import free_port
 
 from orchestrator.binhost.exposure import render_exposure, write_rendered
 from orchestrator.binhost import serve as serve_module
@@ -68,17 +67,27 @@ def refused(port: int) -> bool:
     return False
 
 
-def rsync_pids(config_file: Path) -> list[int]:
-    """Processes running ``rsync --daemon`` with this config file (read from /proc)."""
-    needle = f"--config={config_file}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+@pytest.fixture(autouse=True)
+def tag(monkeypatch):
+    """Every process a test here starts carries the test's tag (rsync inherits it); none may outlive the test."""
+    value = new_tag("exposure")
+    monkeypatch.setenv(TAG, value)
+    yield value
+    no_tagged_left(value, "a process this test started")
+
+
+def alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed daemon whose new parent has not reaped it yet is gone for us)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def assert_daemon_gone(pid: int) -> None:
+    """The daemon itself is reaped, and its process group (the per-connection children) ends."""
+    assert not alive(pid), f"rsync --daemon (pid {pid}) still runs"
+    wait_until(lambda: not group_members(pid), lambda: f"rsync --daemon's group {pid} still has {group_members(pid)}")
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -202,6 +211,7 @@ def test_write_rendered_only_writes_changes_and_keeps_the_first_original(tmp_pat
 
 def test_rsync_daemon_serves_the_tree_without_excluded_dirs(lab, tmp_path):
     with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=free_port(), http_port=0) as server:
+        daemon = server.rsync_pid()
         listing = subprocess.run(["rsync", "--list-only", f"rsync://{LOOPBACK}:{server.rsync_port}/"],
                                  capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0, listing.stderr
@@ -214,13 +224,15 @@ def test_rsync_daemon_serves_the_tree_without_excluded_dirs(lab, tmp_path):
 
         direct = subprocess.run(["rsync", "--list-only", server.rsync_url("lab") + "/distfiles/big.tar.xz"],
                                 capture_output=True, text=True, timeout=30)
-        assert direct.returncode != 0 and "big.tar.xz" not in direct.stdout
+        assert (direct.returncode, direct.stdout) == (23, ""), direct
+        assert 'change_dir "/distfiles" (in lab) failed: No such file or directory' in direct.stderr, "excluded"
 
     expected = {path: data for path, data in tree(lab.repo).items()
                 if not path.startswith(("distfiles/", "packages/"))}
     assert tree(dest) == expected
     assert "metadata/timestamp.chk" in expected
     assert not (dest / "distfiles").exists() and not (dest / "packages").exists()
+    assert_daemon_gone(daemon)
 
 
 def test_http_serves_pkgdir_and_nothing_else(lab, tmp_path, capfd):
@@ -240,54 +252,60 @@ def test_http_serves_pkgdir_and_nothing_else(lab, tmp_path, capfd):
             assert code == 404, path
             assert b"outside PKGDIR" not in body
         assert status(port, "/binpkgs/Packages", "POST")[0] == 501
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(urllib.error.HTTPError) as climbed:
             urllib.request.urlopen(f"http://{LOOPBACK}:{port}/../../etc/passwd", timeout=5)
+        with climbed.value:
+            assert (climbed.value.code, climbed.value.url) == (404, f"http://{LOOPBACK}:{port}/../../etc/passwd")
+            assert b"root:" not in climbed.value.read()
         requests = server.http_requests
+        daemon = server.rsync_pid()
 
     assert requests == 13  # every request above, 404s and the 501 included
     assert "GET /binpkgs/Packages" in (tmp_path / "work" / "http.log").read_text()
     assert capfd.readouterr().err == ""
+    assert_daemon_gone(daemon)
 
 
-def test_after_the_block_both_ports_refuse_and_rsync_is_gone(lab, tmp_path):
+def test_after_the_block_both_ports_refuse_and_rsync_is_gone(lab, tmp_path, tag):
     rsync_port = free_port()
     with pytest.raises(RuntimeError, match="boom"):
         with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=rsync_port, http_port=0) as server:
             pid, http_port = server.rsync_pid(), server.http_port
-            assert pid in rsync_pids(tmp_path / "work" / "rsyncd.conf")
+            assert pid in tagged(tag) and group_members(pid), "the daemon runs, in a process group of its own"
             raise RuntimeError("boom")
     assert refused(rsync_port) and refused(http_port)
-    assert not Path(f"/proc/{pid}").exists()
-    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+    assert_daemon_gone(pid)
+    no_tagged_left(tag, "after the block")
 
 
-def test_a_taken_rsync_port_is_one_line_naming_it_and_leaves_nothing_running(lab, tmp_path):
+def test_a_taken_rsync_port_is_one_line_naming_it_and_leaves_nothing_running(lab, tmp_path, tag):
     http_port = free_port()
     with socket.socket() as squatter:
         squatter.bind((LOOPBACK, 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        started = time.monotonic()
         with pytest.raises(OrchestratorError) as info:
             with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=taken, http_port=http_port):
                 pytest.fail("serving started on a taken port")
     message = str(info.value)
-    assert str(taken) in message and "Address already in use" in message and "\n" not in message
-    assert time.monotonic() - started < 10
-    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+    assert message.startswith(f"rsync --daemon on port {taken} exited 10: "), message
+    assert "Address already in use" in message and "\n" not in message
+    assert "does not answer" not in message, "rsync's own exit is the reason, not a start-up deadline"
+    no_tagged_left(tag, "a failed start")
     assert refused(http_port)
 
 
-def test_a_taken_http_port_is_named_and_rsync_is_not_left_running(lab, tmp_path):
+def test_a_taken_http_port_is_named_and_rsync_is_not_left_running(lab, tmp_path, tag):
     rsync_port = free_port()
     with socket.socket() as squatter:
         squatter.bind((LOOPBACK, 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        with pytest.raises(OrchestratorError, match=f"HTTP server on 127.0.0.1:{taken}: Address already in use"):
+        with pytest.raises(OrchestratorError) as info:
             with serving(lab.config(), lab.facts, tmp_path / "work", rsync_port=rsync_port, http_port=taken):
                 pytest.fail("serving started on a taken port")
-    assert rsync_pids(tmp_path / "work" / "rsyncd.conf") == []
+    assert str(info.value) == f"HTTP server on 127.0.0.1:{taken}: Address already in use"
+    no_tagged_left(tag, "a failed start")
     assert refused(rsync_port)
 
 
@@ -313,14 +331,6 @@ sys.exit(execute(config, "binhost-serve", lambda run: serve_forever(run, cfg, fa
 """
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a killed daemon whose new parent has not reaped it yet is gone for us)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def session_children() -> list[int]:
     """Our children that lead a session of their own: the daemon ``serving`` starts (found by pid, not name;
     right after the fork its command line may not be readable yet)."""
@@ -342,10 +352,13 @@ def greets(port: int) -> bool:
 
 
 class ServeProcess:
-    """The ``inv binhost.serve`` job in a child process: signals go to it, never to pytest."""
+    """The ``inv binhost.serve`` job in a child process (signals go to it, never to pytest), run by
+    ``daemons.running``; its rsync daemon is found by the child's own tag."""
 
-    def __init__(self, lab: Lab, base: Path, rsync_port: int, http_port: int):
+    def __init__(self, lab: Lab, base: Path, rsync_port: int, http_port: int, tag: str):
         self.work = base / "serve-work"
+        self.log = base / "serve.log"
+        self.tag = tag
         facts = base / "facts.json"
         lab.facts.save(facts)
         spec = base / "serve.json"
@@ -353,88 +366,70 @@ class ServeProcess:
             "binhost": {"serve": {"listen_address": LOOPBACK, "rsync_port": rsync_port, "http_port": http_port}},
             "facts": str(facts), "work": str(self.work),
             "orchestrator": {"state_dir": str(base / "state"), "progress": "plain"}}))
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE_CHILD.format(root=str(ROOT)), str(spec)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.argv = [sys.executable, "-c", SERVE_CHILD.format(root=str(ROOT)), str(spec)]
+        self.env = {**os.environ, TAG: tag}
+        self.proc = None
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
+    @property
+    def output(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
 
-    def wait_for_line(self, wanted: str, timeout: float = 60) -> bool:
-        """True once ``wanted`` is printed; False when the child ends (or, on a hang, after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return False
-            if line is None:
-                self.lines.put(None)
-                return False
-            self.output.append(line)
-            if line == wanted:
-                return True
+    def serving(self) -> bool:
+        return SERVING in self.output
 
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"no exit within {timeout:.0f} s:\n" + "\n".join(self.output))
-        self.wait_for_line("\0never printed\0", timeout=10)  # the rest of the output
-        return code
+    def daemons(self) -> list[int]:
+        """Processes carrying this child's tag but the child itself: its rsync daemon (from the fork on)."""
+        return sorted(pid for pid in tagged(self.tag) if pid != self.proc.pid)
+
+    def wait_for(self, condition, what: str, poll: float = 0.05) -> None:
+        wait_until(lambda: condition() or self.proc.poll() is not None, f"inv binhost.serve: {what}", poll=poll)
+        assert condition(), f"inv binhost.serve exited {self.proc.returncode} before {what}: {self.output}"
+
+    def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        return finish(self.proc, f"inv binhost.serve after {sig.name}")
 
     def rsync_pid(self) -> int:
         return int((self.work / "rsyncd.pid").read_text().split()[0])
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
 
 @pytest.fixture
-def serve_process(lab, tmp_path):
-    """Start children with ``start(rsync_port, http_port)``; each is killed, and its daemon too, on every path."""
-    started: list[ServeProcess] = []
-    daemons: list[int] = []
+def serve_process(lab, tmp_path, tag):
+    """``serve_process(rsync_port, http_port)`` starts a child; on every path it is stopped by its process
+    group, and nothing carrying its tag (its rsync daemon) may outlive the test."""
+    children: list[ServeProcess] = []
+    with ExitStack() as stack:
+        def start(rsync_port: int, http_port: int) -> ServeProcess:
+            child = ServeProcess(lab, tmp_path / f"child{len(children)}", rsync_port, http_port,
+                                 f"{tag}-child{len(children)}")
+            child.proc = stack.enter_context(running(child.argv, what="inv binhost.serve", ready=lambda: True,
+                                                     log=child.log, env=child.env))
+            children.append(child)
+            return child
 
-    def start(rsync_port: int, http_port: int) -> ServeProcess:
-        child = ServeProcess(lab, tmp_path / f"child{len(started)}", rsync_port, http_port)
-        started.append(child)
-        return child
-
-    start.daemons = daemons
-    yield start
-    for child in started:
-        child.kill()
-    for pid in daemons:
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
+        yield start
+    for child in children:
+        no_tagged_left(child.tag, f"the rsync daemon of {child.work}")
 
 
 def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(serve_process, lab):
     rsync_port, http_port = free_port(), free_port()
     child = serve_process(rsync_port, http_port)
-    assert child.wait_for_line(SERVING), "serve did not start:\n" + "\n".join(child.output)
+    child.wait_for(child.serving, "serving")
     daemon = child.rsync_pid()
-    serve_process.daemons.append(daemon)
+    assert daemon in child.daemons()
     assert greets(rsync_port)
     with urllib.request.urlopen(f"http://{LOOPBACK}:{http_port}/binpkgs/Packages", timeout=10) as response:
         fetched = response.read()
 
-    child.proc.send_signal(signal.SIGTERM)
-    code = child.finish()
+    code = child.stop(signal.SIGTERM)
 
     assert fetched == (lab.pkgdir / "Packages").read_bytes()
     assert code == 0, child.output
     assert child.output[:4] == [f"rsync: rsync://{LOOPBACK}:{rsync_port}/lab",
                                 f"http: http://{LOOPBACK}:{http_port}/binpkgs", SERVING, "served 1 HTTP requests"]
     assert child.output[4].startswith("binhost-serve: OK in "), child.output
-    assert not running(daemon), f"rsync --daemon (pid {daemon}) still runs"
+    assert_daemon_gone(daemon)
     assert refused(rsync_port) and refused(http_port)
 
 
@@ -446,7 +441,7 @@ def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(serve_proces
     ("http-started", signal.SIGTERM, "SIGTERM"),
     ("ready", signal.SIGTERM, "SIGTERM"),
 ])
-def test_serve_interrupted_at_any_moment_of_start_up_stops_what_started(lab, site, tmp_path, monkeypatch,
+def test_serve_interrupted_at_any_moment_of_start_up_stops_what_started(lab, site, tmp_path, monkeypatch, tag,
                                                                         point, sig, name):
     """The signal is raised by the job itself at a named moment, while its handlers are in place."""
     rsync_port, http_port = free_port(), free_port()
@@ -469,12 +464,12 @@ def test_serve_interrupted_at_any_moment_of_start_up_stops_what_started(lab, sit
         assert code == 130, out
         assert lines[0].startswith("binhost-serve: FAILED in ") and lines[1].startswith("  report: "), out
         assert lines[2:] == [STARTUP_STOPPED.format(name)], out
-        assert not running(daemon), f"rsync --daemon (pid {daemon}) still runs after a {name} at {point}"
-        assert rsync_pids(work / "rsyncd.conf") == []
+        assert_daemon_gone(daemon)
+        no_tagged_left(tag, f"a {name} at {point}")
         assert refused(rsync_port) and refused(http_port)
     finally:
-        if running(daemon):
-            os.kill(daemon, signal.SIGKILL)
+        if alive(daemon):
+            os.killpg(daemon, signal.SIGKILL)
 
 
 def test_serve_sigterm_as_soon_as_rsync_appears_leaves_no_daemon(serve_process):
@@ -482,13 +477,9 @@ def test_serve_sigterm_as_soon_as_rsync_appears_leaves_no_daemon(serve_process):
     for _round in range(3):
         rsync_port, http_port = free_port(), free_port()
         child = serve_process(rsync_port, http_port)
-        deadline = time.monotonic() + 60
-        while not (daemons := rsync_pids(child.work / "rsyncd.conf")):
-            assert child.proc.poll() is None and time.monotonic() < deadline, "rsync never started"
-            time.sleep(0.002)
-        serve_process.daemons.extend(daemons)
-        child.proc.send_signal(signal.SIGTERM)
-        code = child.finish()
+        child.wait_for(child.daemons, "rsync --daemon is forked", poll=0.002)
+        daemons = child.daemons()
+        code = child.stop(signal.SIGTERM)
         if SERVING in child.output:  # the start won the race: a normal stop
             assert code == 0 and "served 0 HTTP requests" in child.output, child.output
         else:
@@ -496,26 +487,24 @@ def test_serve_sigterm_as_soon_as_rsync_appears_leaves_no_daemon(serve_process):
             assert STARTUP_STOPPED.format("SIGTERM") in child.output
             assert not any(line.startswith(("rsync:", "http:", "served")) for line in child.output), child.output
         for pid in daemons:
-            assert not running(pid), f"rsync --daemon (pid {pid}) survived"
+            assert not alive(pid), f"rsync --daemon (pid {pid}) survived"
+        no_tagged_left(child.tag, "a SIGTERM during start-up")
         assert refused(rsync_port) and refused(http_port)
 
 
 def test_serve_killed_with_kill_9_takes_its_daemon_along_and_the_next_start_works(serve_process, lab):
     rsync_port, http_port = free_port(), free_port()
     child = serve_process(rsync_port, http_port)
-    assert child.wait_for_line(SERVING), "serve did not start:\n" + "\n".join(child.output)
+    child.wait_for(child.serving, "serving")
     daemon = child.rsync_pid()
-    serve_process.daemons.append(daemon)
     assert greets(rsync_port)
 
-    child.proc.send_signal(signal.SIGKILL)
-    child.proc.wait()
-    deadline = time.monotonic() + 30
-    while running(daemon):
-        assert time.monotonic() < deadline, f"rsync --daemon (pid {daemon}) outlived kill -9 of its parent"
-        time.sleep(0.05)
+    assert child.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_gone(daemon, "rsync --daemon after kill -9 of its parent")
     assert (child.work / "rsyncd.pid").exists(), "the killed daemon left its pid file"
 
     with serving(lab.config(), lab.facts, child.work, rsync_port=rsync_port, http_port=http_port) as server:
         assert greets(rsync_port)
-        assert server.rsync_pid() != daemon
+        again = server.rsync_pid()
+        assert again != daemon
+    assert_daemon_gone(again)
