@@ -25,20 +25,23 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from busybox_root import make_busybox_root
+from children import finish, wait_until
+from daemons import running
 from orchestrator.binhost.jobs import build
 from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
-from test_chroot_target import (alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in,
-                               wait_until)
+from test_chroot_target import alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mount namespaces need root"),
-    pytest.mark.timeout(60),
+    pytest.mark.timeout(180),  # above children.HANG_S: a hang fails in a wait that names it
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXTRA_APPLETS = ("dirname", "basename", "nproc", "mktemp", "wc", "xargs", "printf", "sort", "sed", "tr")
 EMERGE_LOG = "tmp/emerge.log"
 MODE_FILE = "etc/fake-emerge-mode"
+SLEEPING = "tmp/fake-emerge-sleeping"  # written by the fake emerge (mode sleep) just before it sleeps
 LEAKED_ENV = {"FEATURES": "evil", "PORTAGE_BINHOST": "evil", "ORCH_TEST_HOST_ONLY": "evil"}
 
 FAKE_PYTHON3 = r"""#!/bin/sh
@@ -81,6 +85,8 @@ mode=$(cat /etc/fake-emerge-mode 2>/dev/null || echo ok)
     echo
     env | sort | sed 's/^/env: /'
     if [ -e /proc/self ]; then echo "proc-self: yes"; else echo "proc-self: no"; fi
+    echo "pid-ns: $(readlink /proc/self/ns/pid)"
+    echo "init: $(cat /proc/1/comm)"
     mount 2>&1 | sed 's/^/mount: /'
     echo "=== end"
 } >> "$log"
@@ -90,7 +96,8 @@ case "$mode" in
         exit 1 ;;
     sleep)
         echo ">>> Emerging (1 of 1) app-misc/slow-1.0::gentoo"
-        sleep 600 ;;
+        touch /tmp/fake-emerge-sleeping
+        exec sleep 600 ;;
     daemon)
         sleep 1000 </dev/null >/dev/null 2>&1 &
         echo "started a daemon" ;;
@@ -156,7 +163,8 @@ def set_mode(root: Path, mode: str) -> None:
 
 
 def calls(root: Path) -> list[dict]:
-    """The fake tools' invocations, in order: {"tool", "pid", "argv", "env", "proc_self", "mounts"}."""
+    """The fake tools' invocations, in order: {"tool", "pid", "argv", "env", "proc_self", "pid_ns", "init",
+    "mounts"}."""
     found = []
     current = None
     for line in (root / EMERGE_LOG).read_text().splitlines():
@@ -176,6 +184,9 @@ def calls(root: Path) -> list[dict]:
             current["env"][key] = value
         elif line.startswith("proc-self: "):
             current["proc_self"] = line.split(": ", 1)[1] == "yes"
+        elif line.startswith(("pid-ns: ", "init: ")):
+            key, _, value = line.partition(": ")
+            current[key.replace("-", "_")] = value
         elif line.startswith("mount: "):
             fields = line[len("mount: "):].split()
             if len(fields) >= 5 and fields[1] == "on":  # busybox: "proc on /proc type proc (rw,...)"
@@ -210,31 +221,36 @@ def error_line(output: str) -> str:
 # --- a real job in a child process (signals, a second holder) -------------
 
 
-def start_inv(site, tmp_path: Path, task: str) -> subprocess.Popen:
-    """``inv -f site.yaml <task>`` from the repository root, as cron or Jenkins runs it."""
+@contextmanager
+def inv_child(site, tmp_path: Path, task: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``inv -f site.yaml <task>`` from the repository root, as cron or Jenkins runs it, run by
+    ``daemons.running`` until the fake emerge (mode sleep) sleeps inside the chroot; yields it and its log."""
     config = tmp_path / "site.yaml"
     config.write_text(yaml.safe_dump(site.config))
-    return subprocess.Popen([sys.executable, "-m", "invoke", "-f", str(config), task], cwd=REPO_ROOT,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    root = Path(site.config["binhost"]["root"])
+    log = tmp_path / f"inv-{task}.log"
+    with running([sys.executable, "-m", "invoke", "-f", str(config), task], what=f"inv {task}",
+                 ready=(root / SLEEPING).exists, log=log, cwd=REPO_ROOT) as child:
+        yield child, log
 
 
-def wait_for_slow_emerge(root: Path, child: subprocess.Popen) -> None:
-    """Until the fake emerge (mode sleep) runs inside the chroot, started by ``child``."""
-    def running() -> bool:
-        return "sleep 600" in rooted_in(root).values() or child.poll() is not None
-    assert wait_until(running, timeout=10)
-    if child.poll() is not None:
-        pytest.fail(f"the job ended before emerge was running: {child.returncode}\n{child.stdout.read()}")
+def pid_namespace(pid: int) -> tuple[str, list[int]]:
+    """The PID namespace of ``pid`` and its pid in each namespace from ours inward (NSpid)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
+    return os.readlink(f"/proc/{pid}/ns/pid"), [int(n) for n in nspid]
 
 
-def stop_child(child: subprocess.Popen, root: Path) -> str:
-    """SIGKILL the job (its namespace holder dies with it) and wait until nothing is left."""
-    if child.poll() is None:
-        child.kill()
-    output, _ = child.communicate(timeout=10)
-    wait_until(lambda: nothing_left(root), timeout=10)
-    return output
+def in_pid_namespace(namespace: str) -> list[int]:
+    """Live processes in that PID namespace (by its /proc/<pid>/ns/pid link, not by any name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/ns/pid") == namespace and alive(int(entry)):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 # --- 1. a full run --------------------------------------------------------
@@ -255,12 +271,14 @@ def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_si
     for option in ("--update", "--deep", "--newuse", "--with-bdeps=y", "--buildpkg", "--ask=n", "--keep-going=y"):
         assert option in world["argv"], world["argv"]
     assert egencache["argv"][:2] == ["--update", "--repo=gentoo"]
+    ours = os.readlink("/proc/self/ns/pid")
+    (session_ns,) = {call["pid_ns"] for call in seen}  # one session for the whole run
+    assert session_ns.startswith("pid:[") and session_ns != ours, "not in a PID namespace of its own"
     for call in seen:
-        # /proc is mounted inside the chroot, in the session's own PID namespace.
-        assert call["proc_self"] is True
+        # /proc is mounted inside the chroot, in the session's own PID namespace, whose init is its holder.
+        assert call["proc_self"] is True and call["init"] == "sleep"
         assert call["mounts"].get("/proc") == "proc" and call["mounts"].get("/sys") == "sysfs"
         assert "/dev" in call["mounts"] and "/run" in call["mounts"]
-        assert call["pid"] < 1000, "not in a fresh PID namespace: its PIDs would start at 1"
         env = call["env"]
         for key in LEAKED_ENV:
             assert key not in env, f"{key} leaked into the chroot: {env}"
@@ -286,6 +304,7 @@ def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_si
 
     assert host_mounts_under(gentoo) == []
     assert rooted_in(gentoo) == {}
+    assert in_pid_namespace(session_ns) == [], "the session's PID namespace ended with it"
     assert lock_is_free(lock_dir(binhost_site))
     assert list(lock_dir(binhost_site).glob("chroot-*.lock")), "no chroot lock was taken"
     assert not os.path.lexists(gentoo / "etc" / "resolv.conf")  # the host's copy is gone again
@@ -333,7 +352,7 @@ def test_a_process_left_behind_by_emerge_is_named_and_ended(binhost_site, gentoo
     pid = int(found.group(1))
     assert re.search(rf"terminating [\d, ]*\b{pid}\b", text), text
     assert not alive(pid)
-    assert wait_until(lambda: rooted_in(gentoo) == {}), rooted_in(gentoo)
+    wait_until(lambda: rooted_in(gentoo) == {}, lambda: f"still inside the chroot: {rooted_in(gentoo)}")
     assert host_mounts_under(gentoo) == []
     assert lock_is_free(lock_dir(binhost_site))
 
@@ -343,22 +362,22 @@ def test_a_process_left_behind_by_emerge_is_named_and_ended(binhost_site, gentoo
 
 def test_sigterm_during_world_ends_the_build_and_cleans_up(binhost_site, gentoo, tmp_path):
     set_mode(gentoo, "sleep")
-    child = start_inv(binhost_site, tmp_path, "binhost.world")
-    try:
-        wait_for_slow_emerge(gentoo, child)
+    ours = os.readlink("/proc/self/ns/pid")
+    with inv_child(binhost_site, tmp_path, "binhost.world") as (child, log):
         assert not lock_is_free(lock_dir(binhost_site))
         assert host_mounts_under(gentoo) == []  # the session's mounts live in its own namespace
+        namespaces = {pid: pid_namespace(pid) for pid in rooted_in(gentoo)}
+        assert namespaces, "the build runs inside the chroot"
+        (session_ns,) = {namespace for namespace, _ in namespaces.values()}
+        assert session_ns != ours and all(len(nspid) == 2 for _, nspid in namespaces.values()), namespaces
         child.send_signal(signal.SIGTERM)
-        try:
-            output, _ = child.communicate(timeout=8)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"no exit within 8 s of SIGTERM; still inside the chroot: {rooted_in(gentoo)}")
-        assert child.returncode == 130, output
-        assert "stopped by SIGTERM" in output
-        assert wait_until(lambda: nothing_left(gentoo)), (rooted_in(gentoo), host_mounts_under(gentoo))
-        assert lock_is_free(lock_dir(binhost_site))
-    finally:
-        stop_child(child, gentoo)
+        code = finish(child, "inv binhost.world after SIGTERM")
+    output = log.read_text()
+    assert code == 130, output
+    assert "stopped by SIGTERM" in output
+    wait_until(lambda: nothing_left(gentoo), lambda: f"left: {rooted_in(gentoo)} {host_mounts_under(gentoo)}")
+    assert in_pid_namespace(session_ns) == []
+    assert lock_is_free(lock_dir(binhost_site))
 
 
 # --- 5. a second run on the same chroot -----------------------------------
@@ -366,10 +385,8 @@ def test_sigterm_during_world_ends_the_build_and_cleans_up(binhost_site, gentoo,
 
 def test_a_second_run_on_the_same_chroot_is_refused(binhost_site, gentoo, tmp_path):
     set_mode(gentoo, "sleep")
-    child = start_inv(binhost_site, tmp_path, "binhost.world")
-    try:
-        wait_for_slow_emerge(gentoo, child)
-        running = dict(rooted_in(gentoo))
+    with inv_child(binhost_site, tmp_path, "binhost.world") as (child, _log):
+        before = set(rooted_in(gentoo))
         set_mode(gentoo, "fail")  # were the second run let in, its emerge fails at once instead of hanging
         # Another job (its own job lock is free): the chroot's lock must refuse it.
         code, out = binhost_site.run("binhost-sync", lambda run: build(run, ["sync"]))
@@ -378,13 +395,11 @@ def test_a_second_run_on_the_same_chroot_is_refused(binhost_site, gentoo, tmp_pa
         assert f"chroot {gentoo} is already running (pid {child.pid} since" in error, error
         assert "lock file" in error and "chroot-" in error
         # The refused run touched nothing of the running one.
-        assert rooted_in(gentoo) == running
+        assert set(rooted_in(gentoo)) == before
         assert [c["tool"] for c in calls(gentoo)] == ["emerge"]
         assert host_mounts_under(gentoo) == []
         assert child.poll() is None
-    finally:
-        stop_child(child, gentoo)
-    assert nothing_left(gentoo)
+    wait_until(lambda: nothing_left(gentoo), lambda: f"left: {rooted_in(gentoo)} {host_mounts_under(gentoo)}")
     assert lock_is_free(lock_dir(binhost_site))
 
 

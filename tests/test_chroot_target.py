@@ -15,18 +15,19 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from busybox_root import make_busybox_root
+from children import finish, wait_until
+from daemons import group_members, running
 from orchestrator.errors import CommandError, ConfigError, LockedError, OrchestratorError
 from orchestrator.run import ChrootTarget
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mount namespaces need root"),
-    pytest.mark.timeout(60),
+    pytest.mark.timeout(180),  # above children.HANG_S: a hang fails in a wait that names it
 ]
 
 HOST_RESOLV = Path("/etc/resolv.conf")
@@ -99,15 +100,6 @@ def lock_is_free(lock_dir: Path) -> bool:
     return True
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def nothing_left(root: Path, pids=()) -> bool:
     return not rooted_in(root) and not host_mounts_under(root) and not any(alive(p) for p in pids)
 
@@ -172,8 +164,11 @@ def test_cwd_is_a_path_inside_the_chroot(root, lock_dir):
     with session(root, lock_dir) as t:
         assert t.run(["pwd"], cwd="/etc/portage").stdout.strip() == "/etc/portage"
         assert t.run(["pwd"]).stdout.strip() == "/"
-        with pytest.raises(CommandError):
+        with pytest.raises(CommandError) as caught:
             t.run(["pwd"], cwd="/no/such/dir")
+    assert caught.value.returncode == 2
+    assert str(caught.value) == (f"chroot:{root}: pwd exited 2: "
+                                 "sh: cd: line 0: can't cd to /no/such/dir: No such file or directory")
 
 
 def test_no_mount_ever_reaches_the_host_table(root, lock_dir, tmp_path):
@@ -242,8 +237,8 @@ def test_a_process_left_running_is_named_and_killed(root, lock_dir):
     lines: list[str] = []
     with session(root, lock_dir, lines=lines) as t:
         t.run(["sh", "-c", "sleep 299 </dev/null >/dev/null 2>&1 &"])
-        started = {pid: cmd for pid, cmd in rooted_in(root).items() if cmd == "sleep 299"}
-    assert len(started) == 1
+        started = rooted_in(root)
+    assert list(started.values()) == ["sleep 299"], "the one process left inside the chroot"
     (pid,) = started
     assert [(p.pid, p.command, p.in_session) for p in t.leftover_processes] == [(pid, "sleep 299", True)]
     warning = "\n".join(lines)
@@ -255,15 +250,19 @@ def test_a_leftover_gets_sigterm_and_a_grace_period_before_sigkill(root, lock_di
     script = "trap 'echo terminated > /tmp/trapped; exit 0' TERM; sleep 296 & wait"
     with session(root, lock_dir) as t:
         t.run(["sh", "-c", f"sh -c {shlex.quote(script)} </dev/null >/dev/null 2>&1 &"])
-        assert wait_until(lambda: "sleep 296" in rooted_in(root).values())
+        wait_until(lambda: sorted(rooted_in(root).values()) == ["sh -c " + script, "sleep 296"],
+                   lambda: f"the trapping shell and its sleep inside the chroot: {rooted_in(root)}")
     assert sorted(p.command for p in t.leftover_processes) == ["sh -c " + shlex.quote(script), "sleep 296"]
     assert (root / "tmp" / "trapped").read_text() == "terminated\n"
 
 
 def test_a_process_not_started_by_the_session_is_named_but_left_alone(root, lock_dir):
-    stranger = subprocess.Popen(["chroot", str(root), "/bin/sleep", "298"])
-    try:
-        assert wait_until(lambda: stranger.pid in rooted_in(root))
+    """A manual ``chroot`` by someone else, run as a daemon of this test (daemons.running)."""
+    def inside() -> bool:
+        return list(rooted_in(root).values()) == ["/bin/sleep 298"]
+
+    with running(["chroot", str(root), "/bin/sleep", "298"], what="a manual chroot", ready=inside) as stranger:
+        assert list(rooted_in(root)) == [stranger.pid], "setpriv and chroot exec: one process, our child"
         lines: list[str] = []
         with session(root, lock_dir, lines=lines) as t:
             t.run(["true"])
@@ -271,9 +270,7 @@ def test_a_process_not_started_by_the_session_is_named_but_left_alone(root, lock
         assert f"pid {stranger.pid} (/bin/sleep 298)" in "\n".join(lines)
         assert "left running" in "\n".join(lines)
         assert stranger.poll() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
+    assert not alive(stranger.pid) and group_members(stranger.pid) == []
 
 
 def test_a_timed_out_command_is_killed_by_the_end_of_the_session(root, lock_dir):
@@ -281,6 +278,7 @@ def test_a_timed_out_command_is_killed_by_the_end_of_the_session(root, lock_dir)
         with pytest.raises(CommandError) as caught:
             t.run(["sleep", "30"], timeout=0.5)
     assert caught.value.returncode == 124
+    assert str(caught.value) == f"chroot:{root}: sleep exited 124: timed out after 0.5 s"
     assert [p.command for p in t.leftover_processes] == ["sleep 30"]
     assert nothing_left(root)
 
@@ -290,7 +288,7 @@ def test_a_timed_out_command_is_killed_by_the_end_of_the_session(root, lock_dir)
 
 SESSION_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys
     from pathlib import Path
     from orchestrator.errors import Interrupted
     from orchestrator.run import ChrootTarget
@@ -300,7 +298,8 @@ SESSION_SCRIPT = textwrap.dedent(
         with terminate_unwinds(), ChrootTarget(Path(sys.argv[1]), lock_dir=Path(sys.argv[2])) as t:
             t.run(["sh", "-c", "sleep 297 </dev/null >/dev/null 2>&1 &"])
             print("ready", flush=True)
-            time.sleep(60)
+            while True:
+                signal.pause()
     except Interrupted as exc:
         print(f"interrupted: {exc}", flush=True)
         sys.exit(130)
@@ -310,43 +309,48 @@ SESSION_SCRIPT = textwrap.dedent(
 
 @pytest.fixture
 def child_session(root, lock_dir, tmp_path):
-    """Start a Python child that opens a session and sleeps; yield (process, its helpers)."""
+    """A Python child (run by daemons.running) that opens a session and waits; yield (it, its log, its helpers)."""
     script = tmp_path / "session.py"
     script.write_text(SESSION_SCRIPT)
-    child = subprocess.Popen([sys.executable, str(script), str(root), str(lock_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "session.log"
+
+    def ready() -> bool:
+        return log.exists() and log.read_text().splitlines()[:1] == ["ready"]
+
     helpers: set[int] = set()
     try:
-        assert child.stdout.readline().strip() == "ready"
-        helpers = descendants(child.pid)
-        assert helpers and "sleep 297" in rooted_in(root).values()
-        yield child, helpers
+        with running([sys.executable, str(script), str(root), str(lock_dir)], what="a chroot session in a child",
+                     ready=ready, log=log) as child:
+            helpers = descendants(child.pid)
+            assert helpers and list(rooted_in(root).values()) == ["sleep 297"]
+            yield child, log, helpers
     finally:
-        child.kill()
-        child.wait()
         for pid in filter(alive, helpers):
             os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_unwinds_the_session(child_session, root, lock_dir, tmp_path):
-    child, helpers = child_session
+    child, log, helpers = child_session
     assert host_mounts_under(tmp_path) == []
     assert not lock_is_free(lock_dir)
     child.send_signal(signal.SIGTERM)
-    output, _ = child.communicate(timeout=15)
-    assert child.returncode == 130, output
+    code = finish(child, "the session after SIGTERM")
+    output = log.read_text()
+    assert code == 130, output
     assert "interrupted: stopped by SIGTERM" in output
     assert re.search(r"pid \d+ \(sleep 297\)", output)
-    assert wait_until(lambda: nothing_left(root, helpers))
+    wait_until(lambda: nothing_left(root, helpers),
+               lambda: f"left after SIGTERM: {rooted_in(root)} {host_mounts_under(tmp_path)} {helpers}")
     assert lock_is_free(lock_dir)
     assert (root / "etc" / "resolv.conf").read_text() == CHROOT_RESOLV
 
 
 def test_kill_9_leaves_no_holder_no_process_and_no_mount(child_session, root, lock_dir, tmp_path):
-    child, helpers = child_session
+    child, _log, helpers = child_session
     child.kill()
-    child.wait(timeout=5)
-    assert wait_until(lambda: nothing_left(root, helpers)), (rooted_in(root), host_mounts_under(tmp_path))
+    assert finish(child, "the session after kill -9") == -signal.SIGKILL
+    wait_until(lambda: nothing_left(root, helpers),
+               lambda: f"left after kill -9: {rooted_in(root)} {host_mounts_under(tmp_path)} {helpers}")
     assert lock_is_free(lock_dir)
     with session(root, lock_dir) as t:
         t.run(["true"])
@@ -410,8 +414,14 @@ def test_dry_run_prints_the_plan_and_mounts_nothing(root, lock_dir, tmp_path):
     assert not lock_dir.exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "file", "no-shell", "host-root", "symlinked-proc"])
-def test_a_bad_root_is_one_clear_line(tmp_path, lock_dir, case):
+@pytest.mark.parametrize("case, why", [
+    ("missing", "{} does not exist"),
+    ("file", "{} is not a directory"),
+    ("no-shell", "{} has no bin/sh: not an unpacked root filesystem (stage3)"),
+    ("host-root", "{} is the host's /; refusing"),
+    ("symlinked-proc", "{}: proc is a symlink; a mountpoint must be a directory"),
+])
+def test_a_bad_root_is_one_clear_line(tmp_path, lock_dir, case, why):
     bad = {
         "missing": tmp_path / "nowhere",
         "file": tmp_path / "a-file",
@@ -429,14 +439,17 @@ def test_a_bad_root_is_one_clear_line(tmp_path, lock_dir, case):
         (bad / "proc").symlink_to("/proc")
     with pytest.raises(ConfigError) as caught:
         ChrootTarget(bad, lock_dir=lock_dir)
-    message = str(caught.value)
-    assert str(bad) in message and "\n" not in message
+    assert str(caught.value) == "chroot root " + why.format(bad)
     assert host_mounts_under(tmp_path) == []
+    assert not lock_dir.exists()
 
 
 def test_an_extra_bind_outside_the_chroot_is_refused(root, lock_dir, tmp_path):
-    with pytest.raises(ConfigError, match="not a path inside the chroot"):
+    with pytest.raises(ConfigError) as caught:
         ChrootTarget(root, lock_dir=lock_dir, extra_binds=[(tmp_path, "../escape")])
+    assert str(caught.value) == f"chroot {root}: extra bind target ../escape is not a path inside the chroot"
     (root / "outside").symlink_to(tmp_path)
-    with pytest.raises(ConfigError, match="not a path inside the chroot"):
+    with pytest.raises(ConfigError) as caught:
         ChrootTarget(root, lock_dir=lock_dir, extra_binds=[(tmp_path, "/outside/x")])
+    assert str(caught.value) == f"chroot {root}: extra bind target /outside/x is not a path inside the chroot"
+    assert host_mounts_under(tmp_path) == [] and not lock_dir.exists()
