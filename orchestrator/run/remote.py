@@ -118,6 +118,9 @@ class RemoteTarget(Target):
                 with self._ssh_errors("connect"):
                     conn.open()
             except BaseException:
+                # fabric closes only a connection that opened: after a refused host key or login the
+                # handshake's socket and transport thread would stay until sshd's LoginGraceTime.
+                conn.client.close()
                 conn.close()
                 raise
             self._conn = conn
