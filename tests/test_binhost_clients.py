@@ -10,13 +10,18 @@ that SSH session. No EC2 instance exists here: the prefix is the nearest real th
 from __future__ import annotations
 
 import json
+import re
 import socket
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import portage_lab as lab
+from children import TAG, Finished, finished, new_tag, no_tagged_left, wait_until
 from conftest import Site
+from daemons import group_members
 from orchestrator.binhost import jobs
 from orchestrator.binhost.jobs import update_clients
 from orchestrator.binhost.facts import BinhostFacts
@@ -24,15 +29,19 @@ from orchestrator.binhost.serve import serving
 from orchestrator.config import load_section
 from sshd import free_port, running_sshd
 
+pytestmark = pytest.mark.slow  # every test here runs real emerge on a prefix over SSH, or shares that fixture
+
 PACKAGES = 3
 ALL = {f"app-lab/toy{i:02d}": "1" for i in range(PACKAGES)}
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Lab:
     """The binhost site, its servers, the sshd, and helpers to add instances."""
 
-    def __init__(self, site: Site, base: Path, ssh):
+    def __init__(self, site: Site, base: Path, ssh, tag: str):
         self.site, self.base, self.ssh = site, base, ssh
+        self.instance_tag = f"{tag}-instance"  # every emerge on an instance carries it
         self.upstream = lab.make_repo(base / "upstream", packages=PACKAGES)
         self.binhost = lab.make_binhost_prefix(base, upstream=self.upstream, packages=PACKAGES)
         self.site.set("binhost", {
@@ -53,7 +62,7 @@ class Lab:
         prefix = lab.make_client_prefix(self.base, name, packages=PACKAGES)
         client = {"name": name, "host": self.ssh.host, "port": self.ssh.port,
                   "key_filename": self.ssh.key_filename, "known_hosts": self.ssh.known_hosts,
-                  "eprefix": str(prefix.eprefix), "env": prefix.env(), **settings}
+                  "eprefix": str(prefix.eprefix), "env": {**prefix.env(), TAG: self.instance_tag}, **settings}
         self.site.config["binhost"]["clients"] = [
             c for c in self.site.config["binhost"]["clients"] if c["name"] != name] + [client]
         return prefix
@@ -61,23 +70,64 @@ class Lab:
     def update(self, *only: str, mode: str | None = None, dry: bool = False) -> tuple[int, str]:
         return self.site.run("binhost-clients", lambda run: update_clients(run, list(only), mode), dry=dry)
 
+    def inv(self, *args: str) -> Finished:
+        """A real ``inv -f site.yaml ARGS`` from the repository root, run to its end as its own process group."""
+        runs = len(list(self.base.glob("inv-*")))
+        config = self.base / f"inv-{runs}" / "site.yaml"
+        config.parent.mkdir()
+        config.write_text(yaml.safe_dump(self.site.config))
+        return finished([sys.executable, "-m", "invoke", "-f", str(config), *args], what=f"inv {' '.join(args)}",
+                        out_dir=config.parent, cwd=REPO_ROOT)
+
+    def sessions(self) -> list[int]:
+        """sshd's per-connection processes: children of the sshd we started (its PidFile), not found by name."""
+        listener = int((Path(self.ssh.log_path).parent / "sshd.pid").read_text())
+        return [pid for pid in _live_pids() if _parent(pid) == listener]
+
+
+def _live_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]) if fields[0] != "Z" else None
+
 
 @pytest.fixture(scope="module")
 def binlab(tmp_path_factory):
+    """The binhost, built once, served by ``serving`` (rsync tagged with the module's tag) beside a real sshd;
+    afterwards the daemon's process group is gone and nothing carrying the tag is left."""
     base = tmp_path_factory.mktemp("binlab")
+    tag = new_tag("binlab")
     with pytest.MonkeyPatch.context() as env:
+        env.setenv(TAG, tag)
         for key, value in lab.portage_env(base).items():
             if key != "PORTAGE_OVERRIDE_EPREFIX":
                 env.setenv(key, value)
         with running_sshd(base / "sshd") as ssh:
             site_root = base / "site"
             site_root.mkdir()
-            world = Lab(Site(site_root), base, ssh)
+            world = Lab(Site(site_root), base, ssh, tag)
             world.build()
             cfg = load_section("binhost", world.site.config["binhost"])
             facts = BinhostFacts.load(site_root / "state/binhost/facts.json")
-            with serving(cfg, facts, base / "serve"):
+            with serving(cfg, facts, base / "serve") as server:
+                daemon = server.rsync_pid()
                 yield world
+    assert not Path(f"/proc/{daemon}").exists() and group_members(daemon) == []
+    no_tagged_left(tag, "the binhost lab")
+
+
+@pytest.fixture(autouse=True)
+def every_instance_run_ends(binlab):
+    """After each test no SSH session is open and nothing run on an instance (its tag) is left running."""
+    yield
+    wait_until(lambda: not binlab.sessions(), lambda: f"sshd sessions still open: {binlab.sessions()}")
+    no_tagged_left(binlab.instance_tag, "a command run on an instance")
 
 
 def repos_conf(prefix: lab.Prefix) -> str:
@@ -151,25 +201,59 @@ def test_legacy_make_conf_block_is_added_and_the_rest_is_kept(binlab):
     assert (prefix.etc_portage / ".make.conf.previous").read_text() == original
 
 
+BROKEN_MAKE_CONF = b'CFLAGS="-O2 -pipe\nFEATURES="-sandbox"\n'  # the first value's quote is never closed
+
+
+def not_parsable(prefix: lab.Prefix) -> str:
+    """A pattern of why our check refuses BROKEN_MAKE_CONF, in Portage's own words (the open quote runs on to
+    the end of the text checked: the file with our block added)."""
+    path = re.escape(str(prefix.etc_portage / "make.conf"))
+    return rf'{path}: not a valid make.conf: "{path}", line \d+: No closing quotation'
+
+
 def test_a_make_conf_portage_cannot_parse_is_left_untouched(binlab):
     prefix = binlab.instance("badconf1", mode="direct", legacy_make_conf=True)
-    broken = 'CFLAGS="-O2 -pipe\n'
-    (prefix.etc_portage / "make.conf").write_text(broken)
+    (prefix.etc_portage / "make.conf").write_bytes(BROKEN_MAKE_CONF)
     code, output = binlab.update("badconf1")
     assert code == 1
-    assert "badconf1" in output and "make.conf: not a valid make.conf" in output
-    assert (prefix.etc_portage / "make.conf").read_text() == broken
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(f"error: 1 of 1 instance\\(s\\) failed: badconf1: {not_parsable(prefix)}", error), output
+    assert (prefix.etc_portage / "make.conf").read_bytes() == BROKEN_MAKE_CONF
+    assert not (prefix.etc_portage / ".make.conf.previous").exists()
     assert prefix.installed() == {}
+
+
+def test_a_bad_make_conf_does_not_stop_the_next_instance_and_inv_exits_1_naming_it(binlab):
+    """README: one instance failing (a bad make.conf) does not stop the others; the run exits 1 naming it."""
+    bad = binlab.instance("badconf2", mode="direct", legacy_make_conf=True)
+    healthy = binlab.instance("healthy2", mode="direct")
+    (bad.etc_portage / "make.conf").write_bytes(BROKEN_MAKE_CONF)
+
+    done = binlab.inv("binhost.clients", "--only", "badconf2", "--only", "healthy2")  # the bad one first
+
+    assert done.returncode == 1, done
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(f"error: 1 of 2 instance\\(s\\) failed: badconf2: {not_parsable(bad)}", error), done.stderr
+    assert done.stderr.endswith(error + "\n") and "error:" not in done.stdout
+    assert (bad.etc_portage / "make.conf").read_bytes() == BROKEN_MAKE_CONF, "untouched, byte for byte"
+    assert not (bad.etc_portage / ".make.conf.previous").exists() and bad.installed() == {}
+    assert healthy.installed() == ALL
+    report = binlab.summary("binhost-clients")
+    assert re.fullmatch(f"FAILED: {not_parsable(bad)}", report["badconf2"])
+    assert sorted(report["clients"]["healthy2"]["installed"]) == [f"{atom}-1" for atom in ALL]
+    assert list(report["clients"]) == ["healthy2"]
 
 
 def test_one_unreachable_instance_does_not_stop_the_others(binlab):
     binlab.instance("good1", mode="direct")
     binlab.instance("gone1", mode="direct")
-    binlab.site.config["binhost"]["clients"][-1]["port"] = free_port()  # nobody listens there
+    port = binlab.site.config["binhost"]["clients"][-1]["port"] = free_port()  # nobody listens there
     code, output = binlab.update("gone1", "good1")
     assert code == 1
-    assert "1 of 2 instance(s) failed: gone1: ssh root@127.0.0.1" in output and "refused" in output.lower()
-    assert binlab.summary("binhost-clients")["clients"]["good1"]["installed"]
+    assert [line for line in output.splitlines() if line.startswith("error:")] == [
+        f"error: 1 of 2 instance(s) failed: gone1: ssh root@127.0.0.1:{port}: connect failed: Connection refused"]
+    assert sorted(binlab.summary("binhost-clients")["clients"]["good1"]["installed"]) == [
+        f"{atom}-1" for atom in ALL]
 
 
 @pytest.mark.parametrize("mode", ["direct", "tunnel", "tarball"])

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 import portage_lab as lab
+from children import TAG, new_tag, no_tagged_left
 from test_binhost_clients import Lab, binrepos_conf
 from orchestrator.binhost.facts import BinhostFacts
 from orchestrator.binhost.serve import serving
 from orchestrator.config import load_section
+from daemons import group_members
 from sshd import running_sshd
 
 
@@ -44,6 +46,9 @@ def public_dir():
 
 @pytest.fixture
 def signed_lab(tmp_path, monkeypatch, public_dir):
+    """The lab with a signing key; every process it starts carries its tag (gpg-agent too), and none is left."""
+    tag = new_tag("signed")
+    monkeypatch.setenv(TAG, tag)
     for key, value in lab.portage_env(tmp_path).items():
         if key != "PORTAGE_OVERRIDE_EPREFIX":
             monkeypatch.setenv(key, value)
@@ -52,14 +57,16 @@ def signed_lab(tmp_path, monkeypatch, public_dir):
         with running_sshd(tmp_path / "sshd") as ssh:
             (tmp_path / "site").mkdir()
             from conftest import Site
-            world = Lab(Site(tmp_path / "site"), tmp_path, ssh)
+            world = Lab(Site(tmp_path / "site"), tmp_path, ssh, tag)
             world.site.set("binhost.signing", {"key": fingerprint, "gpg_home": str(tmp_path / "signing"),
                                                "verify_home": str(public_dir / "binhost-verify")})
             world.fingerprint = fingerprint
             yield world
     finally:
         for home in (tmp_path / "signing", public_dir / "binhost-verify", public_dir / "instance-verify"):
-            subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True)
+            subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True, timeout=60)
+    no_tagged_left(tag, "the signing lab (gpg-agent, rsync, sshd sessions)")
+    no_tagged_left(world.instance_tag, "a command run on the instance")
 
 
 def test_signed_binaries_are_verified_and_installed_on_the_instance(signed_lab, tmp_path, public_dir):
@@ -75,9 +82,11 @@ def test_signed_binaries_are_verified_and_installed_on_the_instance(signed_lab, 
     verify_home = public_dir / "instance-verify"
     prefix = signed_lab.instance("signed1", mode="direct")
     signed_lab.site.config["binhost"]["clients"][-1]["env"]["BINPKG_GPG_VERIFY_GPG_HOME"] = str(verify_home)
-    with serving(cfg, facts, tmp_path / "serve"):
+    with serving(cfg, facts, tmp_path / "serve") as server:
         code, output = signed_lab.update("signed1")
+        daemon = server.rsync_pid()
     assert code == 0, output
+    assert group_members(daemon) == [] and not Path(f"/proc/{daemon}").exists()
     assert "verify-signature = true" in binrepos_conf(prefix)
     assert prefix.installed() == {f"app-lab/toy{i:02d}": "1" for i in range(3)}
     trust = subprocess.run(["gpg", "--homedir", verify_home, "--batch", "--no-autostart", "--export-ownertrust"],
