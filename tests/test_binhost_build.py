@@ -61,6 +61,7 @@ def emerge(prefix, *args):
                    check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_first_run_builds_everything_and_a_second_run_has_nothing_to_do(binhost):
     first = build(binhost)
     assert first["sync"] == "updated lab"
@@ -80,6 +81,7 @@ def test_first_run_builds_everything_and_a_second_run_has_nothing_to_do(binhost)
     assert binpkgs(binhost.pkgdir) == before, "a run with nothing to do rewrites no binary package"
 
 
+@pytest.mark.slow
 def test_a_bumped_ebuild_is_the_only_package_built_and_published(binhost):
     build(binhost)
     before = binpkgs(binhost.pkgdir)
@@ -94,6 +96,7 @@ def test_a_bumped_ebuild_is_the_only_package_built_and_published(binhost):
     assert index_state(binhost.pkgdir).current and index_state(binhost.pkgdir).files == PACKAGES + 1
 
 
+@pytest.mark.slow
 def test_package_stage_quickpkgs_only_missing_and_stale_binaries(binhost):
     build(binhost)
     (binhost.pkgdir / "app-lab/toy01/toy01-1-1.gpkg.tar").unlink()  # missing
@@ -123,6 +126,7 @@ def gpkg_file(pkgdir: Path, name: str, member: str) -> str:
     return files.stdout.decode()
 
 
+@pytest.mark.slow
 def test_index_stage_rewrites_packages_only_when_it_does_not_match(binhost):
     build(binhost)
     (binhost.pkgdir / "Packages").unlink()
@@ -130,6 +134,7 @@ def test_index_stage_rewrites_packages_only_when_it_does_not_match(binhost):
     assert build(binhost, ["index"])["index"] == "nothing to do: Packages lists all 3 binary packages"
 
 
+@pytest.mark.slow
 def test_owner_stage_chowns_only_what_differs_and_warns_when_unset(binhost):
     build(binhost, ["sync", "world", "package"])
     emerge(binhost.prefix, "--oneshot", "--buildpkg=n", "=app-lab/toy00-1")
@@ -148,6 +153,7 @@ def test_owner_stage_chowns_only_what_differs_and_warns_when_unset(binhost):
     assert code == 2 and "binhost.serve.web_user: no user 'no-such-user-here'" in output
 
 
+@pytest.mark.slow
 def test_dry_run_says_what_it_would_do_and_changes_nothing(binhost):
     build(binhost)
     lab.bump(binhost.upstream, 1)
@@ -158,6 +164,7 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(binhost):
     assert not (binhost.tree / "app-lab/toy01/toy01-2.ebuild").exists(), "nothing was synced"
 
 
+@pytest.mark.slow
 def test_a_failing_build_is_one_line_naming_the_step_and_its_log(binhost):
     build(binhost)
     broken = lab.bump(binhost.upstream, 1)
@@ -187,6 +194,7 @@ def test_bad_settings_are_one_line_naming_the_key(binhost, setting, value, messa
     assert not binhost.tree.exists(), "nothing ran"
 
 
+@pytest.mark.slow
 def test_a_mirror_tree_with_its_own_cache_is_served_as_synced(binhost):
     """Gentoo's rsync mirrors ship metadata/md5-cache under signed Manifests: we must not rewrite it."""
     build(binhost)
@@ -245,6 +253,7 @@ def install_from(binhost, tmp_path) -> dict[str, str]:
     return client.installed()
 
 
+@pytest.mark.slow
 def test_prune_removes_a_superseded_build_beyond_keep_binpkgs_and_clients_still_install(binhost, tmp_path):
     build(binhost)
     lab.bump(binhost.upstream, 2)
@@ -285,6 +294,7 @@ def quickpkg_xpak(prefix, atom: str) -> None:
                    env={**os.environ, **prefix.env(), "BINPKG_FORMAT": "xpak", "FEATURES": "-binpkg-multi-instance"})
 
 
+@pytest.mark.slow
 def test_prune_never_removes_the_installed_build_nor_a_signature_without_its_package(binhost):
     build(binhost)
     quickpkg_xpak(binhost.prefix, "=app-lab/toy00-1")  # the first build of toy00, xpak
@@ -314,6 +324,7 @@ def test_prune_never_removes_the_installed_build_nor_a_signature_without_its_pac
         "every installed package still has its binary package"
 
 
+@pytest.mark.slow
 def test_prune_removes_a_package_gone_from_the_tree_once_it_is_not_installed(binhost):
     build(binhost)
     emerge(binhost.prefix, "--unmerge", "app-lab/toy02")

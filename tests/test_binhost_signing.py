@@ -69,6 +69,7 @@ def signed_lab(tmp_path, monkeypatch, public_dir):
     no_tagged_left(world.instance_tag, "a command run on the instance")
 
 
+@pytest.mark.slow
 def test_signed_binaries_are_verified_and_installed_on_the_instance(signed_lab, tmp_path, public_dir):
     summary = signed_lab.build()
     assert summary["world"].startswith("built 3")

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from daemons import free_port, group_members
 from portage_lab import make_client_prefix, make_repo
-from sshd import free_port
 
 from orchestrator.binhost.facts import BinhostFacts, RepoFacts
 from orchestrator.binhost.serve import serving
@@ -240,7 +240,9 @@ def test_emerge_sync_from_the_binhosts_rsync_daemon(tmp_path):
         uris = ClientUris({"lab": server.rsync_url("lab")}, server.http_url)
         install(render_client_configs(config, ["lab"], uris, verify_signature=False))
         result = emerge_sync(client)
+        daemon = server.rsync_pid()
 
+    assert not Path(f"/proc/{daemon}").exists() and group_members(daemon) == [], "the daemon and its group ended"
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     synced = client.eprefix / "var/db/repos/lab"
     assert (synced / "metadata/timestamp.chk").read_text() == (repo / "metadata/timestamp.chk").read_text()
