@@ -50,6 +50,30 @@ def _state(entry: Path) -> str:
     return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def children_of(pid: int) -> dict[int, str]:
+    """Live children of ``pid`` (the parent field of /proc/*/stat), with their command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+            if fields and int(fields[1]) == pid and fields[0] != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def sshd_sessions(server) -> dict[int, str]:
+    """The per-connection processes of a ``running_sshd`` server: children of the sshd it started (read from
+    its PidFile). Each leads a session of its own, so its process group does not hold them."""
+    listener = int((Path(server.log_path).parent / "sshd.pid").read_text())
+    return children_of(listener)
+
+
+def no_sshd_session_left(server) -> None:
+    wait_until(lambda: not sshd_sessions(server), lambda: f"sshd sessions still open: {sshd_sessions(server)}")
+
+
 def wait_until(condition: Callable[[], bool], what: str | Callable[[], str], timeout: float = HANG_S,
                poll: float = 0.05) -> None:
     """Until ``condition()`` holds; after ``timeout`` seconds (a hang) fail naming ``what``."""

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import portage_lab as lab
-from children import TAG, Finished, finished, new_tag, no_tagged_left, wait_until
+from children import TAG, Finished, finished, new_tag, no_sshd_session_left, no_tagged_left
 from conftest import Site
 from daemons import group_members
 from orchestrator.binhost import jobs
@@ -79,23 +79,6 @@ class Lab:
         return finished([sys.executable, "-m", "invoke", "-f", str(config), *args], what=f"inv {' '.join(args)}",
                         out_dir=config.parent, cwd=REPO_ROOT)
 
-    def sessions(self) -> list[int]:
-        """sshd's per-connection processes: children of the sshd we started (its PidFile), not found by name."""
-        listener = int((Path(self.ssh.log_path).parent / "sshd.pid").read_text())
-        return [pid for pid in _live_pids() if _parent(pid) == listener]
-
-
-def _live_pids() -> list[int]:
-    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]) if fields[0] != "Z" else None
-
 
 @pytest.fixture(scope="module")
 def binlab(tmp_path_factory):
@@ -126,7 +109,7 @@ def binlab(tmp_path_factory):
 def every_instance_run_ends(binlab):
     """After each test no SSH session is open and nothing run on an instance (its tag) is left running."""
     yield
-    wait_until(lambda: not binlab.sessions(), lambda: f"sshd sessions still open: {binlab.sessions()}")
+    no_sshd_session_left(binlab.ssh)
     no_tagged_left(binlab.instance_tag, "a command run on an instance")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from children import HANG_S, TAG, new_tag, no_tagged_left, tagged, wait_gone, wait_until
+from children import HANG_S, TAG, new_tag, no_sshd_session_left, no_tagged_left, tagged, wait_gone
 from daemons import group_members
 from orchestrator.errors import CommandError, ConfigError, OrchestratorError
 from orchestrator.run import RemoteTarget
@@ -33,36 +33,18 @@ PY_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory) -> SshServer:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        listener = listener_pid(server)
+    tmp = tmp_path_factory.mktemp("sshd")
+    with running_sshd(tmp) as server:
+        listener = int((tmp / "sshd.pid").read_text())
         yield server
     assert not Path(f"/proc/{listener}").exists() and group_members(listener) == []
-
-
-def listener_pid(server: SshServer) -> int:
-    """The sshd we started (its PidFile): each connection is a child of it, in a session of its own."""
-    return int((Path(server.log_path).parent / "sshd.pid").read_text())
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """Live children of ``pid`` (by the parent field of /proc/*/stat), with their command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
-            if fields and int(fields[1]) == pid and fields[0] != "Z":
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(autouse=True)
 def every_session_ends(sshd):
     """After each test, every SSH connection it opened is closed: sshd has no per-connection process left."""
     yield
-    listener = listener_pid(sshd)
-    wait_until(lambda: not children_of(listener), lambda: f"sshd sessions still open: {children_of(listener)}")
+    no_sshd_session_left(sshd)
 
 
 def connect(server: SshServer, **kwargs) -> RemoteTarget:
@@ -356,12 +338,6 @@ def test_leaving_forward_cuts_connections_still_open(target):
         thread.join(HANG_S)
 
 
-def no_session_left(server: SshServer) -> None:
-    """The refused connection is closed by us at once, not left to sshd's LoginGraceTime (120 s)."""
-    listener = listener_pid(server)
-    wait_until(lambda: not children_of(listener), lambda: f"sshd sessions still open: {children_of(listener)}")
-
-
 def test_closed_port_gives_one_line_error(sshd, capsys):
     port = free_port()
     with connect(sshd, port=port) as remote:
@@ -378,7 +354,7 @@ def test_wrong_key_gives_one_line_error_without_key_material(sshd, tmp_path):
     with connect(sshd, key_filename=stranger) as remote:
         with pytest.raises(OrchestratorError) as caught:
             remote.run(["true"])
-        no_session_left(sshd)
+        no_sshd_session_left(sshd)  # the refused connection is closed at once, not at LoginGraceTime
     assert str(caught.value) == (f"ssh root@127.0.0.1:{sshd.port}: connect failed: "
                                  f"authentication failed with key {stranger}")
     private_body = stranger.read_text().splitlines()[1]
@@ -394,7 +370,7 @@ def test_host_key_mismatch_is_refused(sshd, tmp_path):
     with connect(sshd, known_hosts=known_hosts) as remote:
         with pytest.raises(OrchestratorError) as caught:
             remote.run(["true"])
-        no_session_left(sshd)
+        no_sshd_session_left(sshd)  # the refused connection is closed at once, not at LoginGraceTime
     assert str(caught.value) == f"ssh root@127.0.0.1:{sshd.port}: connect failed: host key does not match {known_hosts}"
 
 
