@@ -5,9 +5,10 @@ ends by itself (``inv ...``): its own process group under ``setpriv --pdeathsig 
 waited for with a deadline that only turns a hang into a failure naming it, its group stopped in
 ``finally`` and asserted empty.
 
-What leaves a process group (sshd's per-connection processes, gpg-agent, a daemon's own
-children) is found by an environment tag the test itself set (``GEO_TEST_TAG``), or by a pid
-the test was told; never by a process's name or command line.
+What leaves a process group (gpg-agent, a background job, a daemon started by the code under
+test) is found by an environment tag the test itself set (``GEO_TEST_TAG``), or by a pid the test
+was told; sshd's per-connection processes (sshd writes its process title over its environment) by
+their parent, the sshd the test started. Never by a process's name or command line.
 """
 
 from __future__ import annotations
