@@ -10,8 +10,9 @@ egencache. The chroot side is tested in test_binhost_chroot.py.
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -140,7 +141,14 @@ def test_owner_stage_chowns_only_what_differs_and_warns_when_unset(binhost):
     emerge(binhost.prefix, "--oneshot", "--buildpkg=n", "=app-lab/toy00-1")
     build(binhost, ["package"])  # quickpkg --include-config=y writes 0640 files
     code, output = binhost.run("binhost", lambda run: jobs.build(run, ["owner"]))
-    assert code == 0 and "not readable by other users" in output and "web_group" in output
+    assert code == 0, output
+    report = json.loads((binhost.root / "state/reports/binhost-latest.json").read_text())
+    assert report["summary"]["owner"] == "nothing to do: binhost.serve.web_user and web_group are not set"
+    (warning,) = report["warnings"]
+    assert re.fullmatch(rf"[1-9]\d* file\(s\) or directories in {re.escape(str(binhost.pkgdir))} are not readable "
+                        r"by other users \(quickpkg --include-config=y writes 0640\): a web server running as its "
+                        r"own user cannot serve them; set binhost.serve.web_group", warning), warning
+    assert warning in output
 
     binhost.set("binhost.serve.web_group", "nogroup")
     assert build(binhost, ["owner"])["owner"].startswith("chowned ")
