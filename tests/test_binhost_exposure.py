@@ -433,6 +433,16 @@ def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(serve_proces
     assert refused(rsync_port) and refused(http_port)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as under a terminal: a shell that starts pytest in the background
+    ignores SIGINT for it, and a Ctrl-C the test raises would be lost (the job would serve for ever)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.timeout(120)  # a lost signal leaves the job serving: fail well before the suite's 300 s
 @pytest.mark.parametrize("point, sig, name", [
     ("rsync-spawned", signal.SIGTERM, "SIGTERM"),  # between starting rsync and registering its stop
     ("rsync-spawned", signal.SIGINT, "Ctrl-C"),
@@ -442,7 +452,7 @@ def test_serve_forever_stops_cleanly_on_sigterm_and_counts_requests(serve_proces
     ("ready", signal.SIGTERM, "SIGTERM"),
 ])
 def test_serve_interrupted_at_any_moment_of_start_up_stops_what_started(lab, site, tmp_path, monkeypatch, tag,
-                                                                        point, sig, name):
+                                                                        ctrl_c_raises, point, sig, name):
     """The signal is raised by the job itself at a named moment, while its handlers are in place."""
     rsync_port, http_port = free_port(), free_port()
     work = tmp_path / "serve-work"
