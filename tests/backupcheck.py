@@ -33,6 +33,15 @@ def backup_child(site, tag: str, env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, "GEO_TEST_TAG": tag, **(env or {})})
 
 
+def backup_killed_at(site, point: str) -> None:
+    """A real backup, SIGKILLed with its process group at crash point ``point``; nothing of it survives."""
+    tag = f"kill-{point}-{os.getpid()}-{time.monotonic_ns()}"
+    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": point})
+    out = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode == -9, f"crash point {point} was never reached (exit {proc.returncode}):\n{out}"
+    assert processes_tagged(tag) == [], "a process of the killed run survived"
+
+
 def processes_tagged(tag: str, deadline_s: float = 30.0) -> list[str]:
     """Processes that inherited our tag (a killed run's tar, xz or gpg, even after reparenting) and are
     still alive ``deadline_s`` after the kill.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backupcheck import backup_child, processes_tagged, store_matches_catalog
+from backupcheck import backup_child, backup_killed_at, processes_tagged, store_matches_catalog
 from conftest import summary_value
 from treecmp import fingerprint
 
@@ -30,18 +30,9 @@ def two_directories(site) -> tuple[Path, Path]:
     return small, site.data
 
 
-def killed_at(site, point: str) -> None:
-    """A real backup process, SIGKILLed with its process group at ``point``; nothing of it survives."""
-    tag = f"faults-{point}-{os.getpid()}-{time.monotonic_ns()}"
-    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": point})
-    out = proc.communicate(timeout=300)[0].decode(errors="replace")
-    assert proc.returncode == -9, f"never reached {point}: {out}"
-    assert processes_tagged(tag) == []
-
-
 def test_kill_9_mid_backup_then_resume_stores_nothing_twice(site, tmp_path):
     small, big = two_directories(site)
-    killed_at(site, "part-stored@3")
+    backup_killed_at(site, "part-stored@3")
     with site.catalog() as cat:
         (inflight,) = cat.sets(status="inflight")
         (slug,) = [d["slug"] for d in cat.dirs(inflight["id"]) if d["path"] == str(small)]
@@ -65,7 +56,7 @@ def test_kill_9_mid_backup_then_resume_stores_nothing_twice(site, tmp_path):
 
 def test_kill_9_then_discard_removes_every_trace_of_the_unfinished_set(site):
     two_directories(site)
-    killed_at(site, "manifest-stored")
+    backup_killed_at(site, "manifest-stored")
     site.set("backup.on_inflight", "discard")
     code, out = site.backup()
     assert code == 0, out

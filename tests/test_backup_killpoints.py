@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from backupcheck import backup_child, processes_tagged, rebuild_gives_the_same_sets, store_matches_catalog
+from backupcheck import backup_killed_at, rebuild_gives_the_same_sets, store_matches_catalog
 from conftest import summary_value
 from treecmp import fingerprint
 
@@ -44,13 +44,6 @@ def change_tree(data) -> None:
     (data / "C" / "new").write_bytes(os.urandom(1536 * 1024))
 
 
-def kill_at(site, point: str, tag: str) -> None:
-    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": point})
-    out = proc.communicate(timeout=300)[0].decode(errors="replace")
-    assert proc.returncode == -9, f"crash point {point} was never reached (exit {proc.returncode}):\n{out}"
-    assert processes_tagged(tag) == [], "a process of the killed run survived"
-
-
 def backup_ok(site) -> str:
     code, out = site.backup()
     assert code == 0, out
@@ -70,7 +63,7 @@ def test_kill_9_at_each_point_of_an_incremental_then_rerun(site, tmp_path, point
     first_tree(site.data)
     full = backup_ok(site)
     change_tree(site.data)
-    kill_at(site, point, f"kill-{point}-{os.getpid()}")
+    backup_killed_at(site, point)
     newest = backup_ok(site)
     with site.catalog() as cat:
         chain = [r["id"] for r in cat.chain(newest)]
@@ -90,7 +83,7 @@ def test_kill_9_during_retention_then_rerun(site, tmp_path, point):
     first_tree(site.data)
     backup_ok(site)
     change_tree(site.data)
-    kill_at(site, point, f"kill-{point}-{os.getpid()}")
+    backup_killed_at(site, point)
     newest = backup_ok(site)
     with site.catalog() as cat:
         assert [r["id"] for r in cat.sets(status="complete")] == [newest]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from backupcheck import backup_child, processes_tagged, rebuild_gives_the_same_sets
+from backupcheck import backup_killed_at, rebuild_gives_the_same_sets
 from conftest import summary_value
 from test_s3_store import BUCKET, aws_env, moto, proxy, s3  # noqa: F401  (fixtures)
 from treecmp import fingerprint
@@ -29,14 +28,6 @@ def s3_site(site, tmp_path, proxy):
     return small
 
 
-def kill_at(site, point: str) -> None:
-    tag = f"s3-kill-{os.getpid()}-{time.monotonic_ns()}"
-    proc = backup_child(site, tag, {"GEO_TEST_CRASH_AT": point})
-    out = proc.communicate(timeout=300)[0].decode(errors="replace")
-    assert proc.returncode == -9, f"never reached {point}: {out}"
-    assert processes_tagged(tag) == []
-
-
 def bucket_matches_catalog(site, s3) -> None:  # noqa: F811
     with site.catalog() as cat:
         (row,) = cat.sets(status="complete")
@@ -46,7 +37,7 @@ def bucket_matches_catalog(site, s3) -> None:  # noqa: F811
 
 def test_kill_9_mid_upload_then_rerun_sends_only_missing_objects(moto, s3, proxy, site, tmp_path):  # noqa: F811
     small = s3_site(site, tmp_path, proxy)
-    kill_at(site, "part-stored@3")
+    backup_killed_at(site, "part-stored@3")
     before = objects(s3)
     assert len(before) == 3
 
@@ -76,7 +67,7 @@ def test_kill_9_mid_upload_then_rerun_sends_only_missing_objects(moto, s3, proxy
 def test_kill_9_in_the_commit_window_then_rerun_stores_no_second_manifest(moto, s3, proxy, site, tmp_path,  # noqa: F811
                                                                           point):
     s3_site(site, tmp_path, proxy)
-    kill_at(site, point)
+    backup_killed_at(site, point)
     code, out = site.backup()
     assert code == 0, out
     with site.catalog() as cat:

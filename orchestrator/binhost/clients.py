@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
