@@ -6,6 +6,7 @@ from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.job import run_task
+from orchestrator.kernel import build as kernel_build
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
 # (a syntax error is "file:line: problem" and exit 2, not a traceback).
@@ -114,8 +115,17 @@ for _stage, _doc in binhost_jobs.STAGE_DOCS.items():
 binhost.add_task(binhost_serve)
 binhost.add_task(binhost_clients)
 
+@task(name="build-kernel", help={"image": "build only this image (a name from kernel.images; default: every image)"})
+def build_kernel(c, image=None):
+    """Build each image's kernel in the build chroot, check it for EC2, publish kernel, initramfs and modules.
+
+    A second build of the same sources, config and settings is a no-op that says so.
+    """
+    run_task(c, "build-kernel", lambda run: kernel_build.build_kernels(run, image))
+
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel)
 ns.configure(config.defaults())

@@ -39,6 +39,13 @@ RESTORE_POINTS = (
     "restore-unpacking",  # tar -x has taken some of the chain into the hidden work directory
 )
 
+KERNEL_POINTS = (
+    "kernel-artifact-written",    # a file of the new set is in its hidden directory, the set is not complete
+    "kernel-artifacts-complete",  # the hidden set is complete (SHA256SUMS written), not yet in place
+    "kernel-artifacts-swapped",   # the new set has the release's name, the old one is under the hidden name
+    "kernel-published",           # the set and `latest` are in place
+)
+
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

@@ -9,12 +9,14 @@ from typing import Any
 from .backup import BackupConfig, StoreConfig
 from .binhost import BinhostConfig
 from .general import GeneralConfig
+from .kernel import KernelConfig
 from .validator import _build, plain
 
 SECTIONS: dict[str, type] = {
     "orchestrator": GeneralConfig,
     "backup": BackupConfig,
     "binhost": BinhostConfig,
+    "kernel": KernelConfig,
 }
 
 
