@@ -15,16 +15,17 @@ Per image, in one build session (the binhost's chroot or prefix):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..config import BinhostConfig, ImageConfig, KernelConfig
 from ..errors import ConfigError, OrchestratorError
 from ..job import JobRun
 from . import artifacts, ec2check
-from .inputs import Inputs, fingerprint, read_inputs
+from .inputs import Inputs, fingerprint, read_inputs, unmet
 from .session import KernelSession, open_build_session
 
 INPUT_DIR = "input"
@@ -73,6 +74,9 @@ def _chosen(kcfg: KernelConfig, image_name: str | None) -> list[tuple[int, Image
 
 def _build_image(run: JobRun, session: KernelSession, plan: Plan, directory: Path) -> None:
     image = plan.image
+    if not session.dry and directory.is_dir():
+        for name in artifacts.remove_leftovers(directory):
+            run.progress.say(f"{image.name}: removed {directory / name}, left by a killed run")
     sources = _sources_facts(session, plan)
     fp = fingerprint(image, sources, plan.inputs)
     built = artifacts.find_built(directory, fp)
@@ -84,12 +88,13 @@ def _build_image(run: JobRun, session: KernelSession, plan: Plan, directory: Pat
     if installed:
         sources = {**sources, "cpv": installed}
         fp = fingerprint(image, sources, plan.inputs)
-    plan.build = plan.inside("build", srcdir.strip("/").replace("/", "_"))
+    plan.build = plan.inside("build", _tree_slug(srcdir))
     config_text = _configure(run, session, plan, srcdir)
     _enforce(run, plan, _config_findings(plan, config_text))
     result = _step(run, session, "kernel-build", *_build_args(plan, srcdir))
     release = result["release"]
-    config_text = config_text if image.builder != "portage" else _read_inside(session, plan.inside("stage/boot/config"))
+    if image.builder == "portage" and not session.dry:
+        config_text = _read_inside(session, plan.inside("stage", "boot", "config"))
     listing = _initramfs(run, session, plan, release, config_text)
     findings = _findings(plan, config_text, listing)
     _enforce(run, plan, findings)
@@ -117,14 +122,17 @@ def _install_sources(run: JobRun, session: KernelSession, plan: Plan) -> tuple[s
     args = ["--package", source.package]
     args += ["--repository", source.repository] if source.repository else []
     if image.builder == "portage":
-        args += ["--config-d", plan.inside(INPUT_DIR), "--rebuild"]
+        args.append("--config-d")
+        for name in image.fragments:
+            args += ["--fragment", plan.inside(INPUT_DIR, name)]
+        args.append("--rebuild")
     else:
         args += ["--select"]
     result = _step(run, session, "kernel-sources", *args)
     if result["srcdir"] is None and not session.dry:
         raise OrchestratorError(f"{plan.key}.source.package: {result['cpv'] or source.package} installed no "
                                 "/usr/src/linux-* tree")
-    return result["srcdir"] or f"/usr/src/linux-<the version {source.package} installs>", result["cpv"]
+    return result["srcdir"] or session.inside(f"/usr/src/linux-<the version {source.package} installs>"), result["cpv"]
 
 
 def _copy_inputs(run: JobRun, session: KernelSession, plan: Plan) -> None:
@@ -152,7 +160,12 @@ def _configure(run: JobRun, session: KernelSession, plan: Plan, srcdir: str) -> 
     for name in image.fragments:
         args += ["--fragment", plan.inside(INPUT_DIR, name)]
     result = _step(run, session, "kernel-config", *args)
-    return None if session.dry else _read_inside(session, result["config"])
+    if session.dry:
+        return None
+    final = _read_inside(session, result["config"])
+    for line in unmet(plan.inputs.fragments, final):
+        run.report.warnings.append(f"{image.name}: {line}")
+    return final
 
 
 def _build_args(plan: Plan, srcdir: str) -> list[str]:
@@ -198,7 +211,7 @@ def _findings(plan: Plan, config_text: str | None, listing: str | None) -> list[
         config_text, listing, root_fs=image.root_fs, hypervisors=image.hypervisors)
 
 
-def _enforce(run: JobRun, plan: Plan, findings: list[ec2check.Finding]) -> None:
+def _enforce(run: JobRun, plan: Plan, findings: list[ec2check.Finding], done: str = "nothing was published") -> None:
     """An enforced image with a fatal finding fails now, one line per missing piece."""
     fatal = [f for f in findings if f.fatal]
     if fatal and plan.image.ec2_check == "enforce":
@@ -206,7 +219,7 @@ def _enforce(run: JobRun, plan: Plan, findings: list[ec2check.Finding]) -> None:
         lines = "\n".join(f"  missing: {f.line()}" for f in fatal)
         raise OrchestratorError(f"EC2 check failed for image {plan.image.name}: {len(fatal)} piece"
                                 f"{'s' if len(fatal) > 1 else ''} an EC2 boot cannot do without "
-                                f"(nothing was published):\n{lines}")
+                                f"({done}):\n{lines}")
 
 
 def _check_line(plan: Plan, findings: list[ec2check.Finding]) -> str:
@@ -251,7 +264,7 @@ def _noop(run: JobRun, plan: Plan, directory: Path, build: dict) -> None:
     listing_path = directory / "initramfs.list"
     listing = listing_path.read_text() if listing_path.exists() else None
     findings = _findings(plan, (directory / "config").read_text(), listing)
-    _enforce(run, plan, findings)
+    _enforce(run, plan, findings, f"{directory} was built while {plan.key}.ec2_check was warn")
     _report(run, plan, release, directory, findings, f"nothing to do: kernel {release} for {plan.image.name} is "
                                                      "built from the same sources and config", noop=True)
 
@@ -267,6 +280,11 @@ def _report(run: JobRun, plan: Plan, release: str, directory: Path, findings, me
 def _step(run: JobRun, session: KernelSession, name: str, *args: str) -> dict:
     run.progress.say(f"{name}: ...")
     return session.step(name, *args, echo=run.echo)
+
+
+def _tree_slug(srcdir: str) -> str:
+    """One build directory per source tree: kbuild's O= must not switch to another tree."""
+    return f"{PurePosixPath(srcdir).name}-{hashlib.sha256(srcdir.encode()).hexdigest()[:8]}"
 
 
 def _read_inside(session: KernelSession, inside: str) -> str:

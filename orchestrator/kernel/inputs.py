@@ -17,6 +17,7 @@ from pathlib import Path
 from ..binhost.session import SCRIPTS_DIR
 from ..config import ImageConfig, KernelConfig
 from ..errors import ConfigError
+from .ec2check import parse_config
 
 FORMAT = 1  # bumped when what a build produces changes, so older artifacts are rebuilt once
 
@@ -77,3 +78,16 @@ def fingerprint(image: ImageConfig, sources: dict, inputs: Inputs) -> str:
         "drivers": image.drivers if image.initramfs == "dracut" else [],
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def unmet(fragments: tuple[ConfigFile, ...], final: str) -> list[str]:
+    """Values a fragment asks for that the final .config does not have (``olddefconfig`` drops a
+    symbol whose dependencies are off, without a word; merge_config.sh -m does not check)."""
+    have = parse_config(final)
+    found = []
+    for fragment in fragments:
+        for symbol, value in parse_config(fragment.text).items():
+            if have.get(symbol) != value:
+                got = f"{symbol}={have[symbol]}" if symbol in have else "it unset"
+                found.append(f"{fragment.name} asks for {symbol}={value}, the final .config has {got}")
+    return found
