@@ -197,3 +197,14 @@ def test_bad_image_settings_are_one_line_each(tmp_path, image, message):
     out = io.StringIO()
     assert execute(config, "build-kernel", lambda run: build_kernels(run), out=out) == 2
     assert out.getvalue() == message + "\n"
+
+
+def test_the_example_site_files_kernel_section_is_valid():
+    import yaml
+
+    raw = yaml.safe_load((REPO_ROOT / "examples" / "site.yaml").read_text())
+    from orchestrator.config import load_section
+
+    images = load_section("kernel", raw["kernel"]).images
+    assert [(i.name, i.builder, i.initramfs) for i in images] == [("web", "make", "dracut"),
+                                                                  ("legacy", "genkernel", "genkernel")]

@@ -73,32 +73,36 @@ def _chosen(kcfg: KernelConfig, image_name: str | None) -> list[tuple[int, Image
 
 
 def _build_image(run: JobRun, session: KernelSession, plan: Plan, directory: Path) -> None:
-    image = plan.image
-    if not session.dry and directory.is_dir():
-        for name in artifacts.remove_leftovers(directory):
-            run.progress.say(f"{image.name}: removed {directory / name}, left by a killed run")
+    _remove_leftovers(run, session, plan, directory)
     sources = _sources_facts(session, plan)
-    fp = fingerprint(image, sources, plan.inputs)
-    built = artifacts.find_built(directory, fp)
+    built = artifacts.find_built(directory, fingerprint(plan.image, sources, plan.inputs))
     if built:
         _noop(run, plan, *built)
         return
     _copy_inputs(run, session, plan)
-    srcdir, installed = _install_sources(run, session, plan)
-    if installed:
-        sources = {**sources, "cpv": installed}
-        fp = fingerprint(image, sources, plan.inputs)
+    srcdir, sources = _install_sources(run, session, plan, sources)
+    release, config_text, listing = _compile(run, session, plan, srcdir)
+    findings = _findings(plan, config_text, listing)
+    _enforce(run, plan, findings)
+    _publish(run, session, plan, directory, release, fingerprint(plan.image, sources, plan.inputs), sources,
+             findings)
+
+
+def _remove_leftovers(run: JobRun, session: KernelSession, plan: Plan, directory: Path) -> None:
+    if not session.dry and directory.is_dir():
+        for name in artifacts.remove_leftovers(directory):
+            run.progress.say(f"{plan.image.name}: removed {directory / name}, left by a killed run")
+
+
+def _compile(run: JobRun, session: KernelSession, plan: Plan, srcdir: str) -> tuple[str, str | None, str | None]:
+    """Config (checked at once), build, initramfs: the release, the final config, the initramfs listing."""
     plan.build = plan.inside("build", _tree_slug(srcdir))
     config_text = _configure(run, session, plan, srcdir)
     _enforce(run, plan, _config_findings(plan, config_text))
-    result = _step(run, session, "kernel-build", *_build_args(plan, srcdir))
-    release = result["release"]
-    if image.builder == "portage" and not session.dry:
+    release = _step(run, session, "kernel-build", *_build_args(plan, srcdir))["release"]
+    if plan.image.builder == "portage" and not session.dry:
         config_text = _read_inside(session, plan.inside("stage", "boot", "config"))
-    listing = _initramfs(run, session, plan, release, config_text)
-    findings = _findings(plan, config_text, listing)
-    _enforce(run, plan, findings)
-    _publish(run, session, plan, directory, release, fp, sources, findings)
+    return release, config_text, _initramfs(run, session, plan, release, config_text)
 
 
 def _sources_facts(session: KernelSession, plan: Plan) -> dict:
@@ -114,11 +118,11 @@ def _sources_facts(session: KernelSession, plan: Plan) -> dict:
     return {"kind": "package", "package": source.package, "cpv": info["best_visible"] or info["installed"]}
 
 
-def _install_sources(run: JobRun, session: KernelSession, plan: Plan) -> tuple[str, str | None]:
-    """The tree to build (and, for a package, the version emerge installed)."""
+def _install_sources(run: JobRun, session: KernelSession, plan: Plan, sources: dict) -> tuple[str, dict]:
+    """The tree to build, and the sources' facts with the version emerge really installed."""
     image, source = plan.image, plan.image.source
     if source.kind == "path":
-        return session.inside(source.path), None
+        return session.inside(source.path), sources
     args = ["--package", source.package]
     args += ["--repository", source.repository] if source.repository else []
     if image.builder == "portage":
@@ -132,7 +136,8 @@ def _install_sources(run: JobRun, session: KernelSession, plan: Plan) -> tuple[s
     if result["srcdir"] is None and not session.dry:
         raise OrchestratorError(f"{plan.key}.source.package: {result['cpv'] or source.package} installed no "
                                 "/usr/src/linux-* tree")
-    return result["srcdir"] or session.inside(f"/usr/src/linux-<the version {source.package} installs>"), result["cpv"]
+    srcdir = result["srcdir"] or session.inside(f"/usr/src/linux-<the version {source.package} installs>")
+    return srcdir, {**sources, "cpv": result["cpv"] or sources["cpv"]}
 
 
 def _copy_inputs(run: JobRun, session: KernelSession, plan: Plan) -> None:
