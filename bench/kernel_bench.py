@@ -41,6 +41,10 @@ sys.path[:0] = [str(BENCH), str(REPO), str(REPO / "tests")]
 import backup_bench as bb  # noqa: E402  (machine-load counters, formatting)
 import kernel_lab  # noqa: E402
 
+# The baseline's chroot gets what ChrootTarget gives ours: /dev, /proc and /sys (kbuild needs /dev/null).
+CHROOT_THEN_EXEC = ('mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" && '
+                    'mount --rbind /dev "$3/dev" && mount -t proc proc "$3/proc" && mount --rbind /sys "$3/sys" && '
+                    'root="$3" && shift 3 && exec chroot "$root" "$@"')
 CHROOT_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "HOME=/root", "TERM=dumb", "LANG=C.UTF-8"]
 
@@ -58,14 +62,11 @@ def timed(argv: list[str], log: Path) -> tuple[float, float, int]:
     return wall, max(0.0, bb.busy_seconds() - busy0 - ours), code
 
 
-def in_root(lab: kernel_lab.KernelLab, argv: list[str]) -> list[str]:
-    """``argv`` in the lab's chroot: the overlay mounted in a private namespace, as `inv` sees it."""
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", kernel_lab.MOUNT_THEN_EXEC, "sh",
-            str(lab.upper), str(lab.work), str(lab.root), *argv]
-
-
 def inv_argv(lab: kernel_lab.KernelLab, site: Path, image: str) -> list[str]:
-    return in_root(lab, [str(kernel_lab.INV), "-f", str(site), "build-kernel", "--image", image])
+    """`inv build-kernel` with the lab's overlay mounted in its private namespace (its chroot does the rest)."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", kernel_lab.MOUNT_THEN_EXEC, "sh",
+            str(lab.upper), str(lab.work), str(lab.root), str(kernel_lab.INV), "-f", str(site), "build-kernel",
+            "--image", image]
 
 
 def baseline(lab: kernel_lab.KernelLab, config: Path, round_no: int, jobs: int, log: Path) -> tuple[float, float]:
@@ -75,8 +76,10 @@ def baseline(lab: kernel_lab.KernelLab, config: Path, round_no: int, jobs: int, 
     shutil.rmtree(host, ignore_errors=True)
     host.mkdir(parents=True)
     shutil.copy(config, host / ".config")
-    wall, others, code = timed(in_root(lab, ["chroot", str(lab.root), *CHROOT_ENV, "make", "-C", str(lab.sources),
-                                             f"O={inside}", f"-j{jobs}"]), log)
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", CHROOT_THEN_EXEC, "sh",
+            str(lab.upper), str(lab.work), str(lab.root), *CHROOT_ENV, "make", "-C", str(lab.sources), f"O={inside}",
+            f"-j{jobs}"]
+    wall, others, code = timed(argv, log)
     if code:
         raise SystemExit(f"baseline make failed (exit {code}); see {log}")
     return wall, others

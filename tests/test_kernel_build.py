@@ -176,6 +176,23 @@ def test_an_enforced_ec2_check_fails_naming_each_missing_piece(lab):
     assert sorted(p.name for p in lab.log_dir("strict").iterdir()) == ["kernel-config.log"]  # make never ran
 
 
+def test_a_failing_step_and_a_missing_tree_are_one_line_each(lab):
+    broken = lab.variant()
+    broken["kernel"]["images"] += [
+        {"name": "typo", "source": {"path": str(lab.sources)}, "base": "tinyconfg", "initramfs": "none"},
+        {"name": "gone", "source": {"path": "/usr/src/linux-none"}, "initramfs": "none"}]
+    run = lab.inv("build-kernel", "--image", "typo", config=broken)
+    log = lab.log_dir("typo") / "kernel-config.log"
+    assert run.returncode == 1
+    (error,) = run.stderr.splitlines()
+    assert error.startswith(f"error: chroot:{lab.root}: kernel-config exited 2: ")
+    assert "No rule to make target 'tinyconfg'" in error and error.endswith(f"(whole log: {log})")
+    assert "No rule to make target 'tinyconfg'" in log.read_text()
+    run = lab.inv("build-kernel", "--image", "gone", config=broken)
+    assert (run.returncode, run.stderr) == (2, "error: kernel.images[2].source.path: /usr/src/linux-none has no "
+                                               "kernel Makefile in the build system\n")
+
+
 def test_the_shipped_ec2_fragment_passes_on_defconfig(lab, tmp_path):
     """chroot/kernel-config by hand (as an admin would run it), with the real kbuild: defconfig + ec2.config."""
     fragment = REPO_ROOT / "chroot" / "kernel" / "ec2" / "ec2.config"

@@ -208,3 +208,25 @@ def test_the_example_site_files_kernel_section_is_valid():
     images = load_section("kernel", raw["kernel"]).images
     assert [(i.name, i.builder, i.initramfs) for i in images] == [("web", "make", "dracut"),
                                                                   ("legacy", "genkernel", "genkernel")]
+
+
+def test_a_work_dir_symlinked_out_of_the_chroot_is_refused(tmp_path):
+    """We copy into and delete under the work dir from the build box: a symlink must not lead us out."""
+    from orchestrator.binhost.session import BuildSystem
+    from orchestrator.config import BinhostConfig
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.kernel.session import KernelSession
+    from orchestrator.run import LocalTarget
+
+    root, outside = tmp_path / "root", tmp_path / "host-dir"
+    (root / "var" / "tmp").mkdir(parents=True)
+    outside.mkdir()
+    (root / "var" / "tmp" / "gentoo-ec2-orchestrator").symlink_to(outside)
+    system = BuildSystem(None, BinhostConfig(mode="chroot", root=root), LocalTarget(dry=True), tmp_path, None)
+    session = KernelSession(system, tmp_path / "logs")
+    inside = "/var/tmp/gentoo-ec2-orchestrator/kernel/web/input"
+    with pytest.raises(OrchestratorError) as err:
+        session.host_path(inside)
+    assert str(err.value) == (f"{inside} in the chroot resolves to {outside}/kernel/web/input, outside {root}; "
+                              "refusing to touch it (check kernel.work_dir)")
+    assert session.host_path("/var/tmp/kernel") == root / "var" / "tmp" / "kernel"

@@ -252,6 +252,19 @@ def _publish(run: JobRun, session: KernelSession, plan: Plan, directory: Path, r
     stage = session.host_path(plan.inside("stage"))
     final = artifacts.publish(directory, release, stage, build, lambda dest: _pack_modules(run, stage, release, dest))
     _report(run, plan, release, final, findings, f"kernel {release} built: {final}")
+    _remove_old_build_dirs(run, session, plan)
+
+
+def _remove_old_build_dirs(run: JobRun, session: KernelSession, plan: Plan) -> None:
+    """Build directories of trees the image no longer builds from (an upgraded package): gigabytes each."""
+    builds = session.host_path(plan.inside("build"))
+    if not builds.is_dir():
+        return
+    current = PurePosixPath(plan.build).name
+    for old in sorted(builds.iterdir()):
+        if old.is_dir() and not old.is_symlink() and old.name != current:
+            shutil.rmtree(old)
+            run.progress.say(f"{plan.image.name}: removed the build directory of an older tree: {old.name}")
 
 
 def _pack_modules(run: JobRun, stage: Path, release: str, dest: Path) -> None:

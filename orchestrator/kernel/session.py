@@ -48,8 +48,19 @@ class KernelSession:
         return str(self.system.cfg.root / PurePosixPath(path).relative_to("/"))
 
     def host_path(self, inside: str) -> Path:
-        """A path the scripts print, seen from the build box."""
-        return self.system.host_path(inside)
+        """A path the scripts print, seen from the build box; never outside the chroot.
+
+        We copy into, read from and delete under these paths from the build box: a symlink
+        in the chroot pointing at the host's own directories must not take us there.
+        """
+        path = self.system.host_path(inside)
+        if self.in_chroot:
+            root = os.path.realpath(self.system.cfg.root)
+            real = os.path.realpath(path)
+            if real != root and not real.startswith(root.rstrip("/") + "/"):
+                raise OrchestratorError(f"{inside} in the chroot resolves to {real}, outside {root}; "
+                                        "refusing to touch it (check kernel.work_dir)")
+        return path
 
     def probe(self, name: str, *args: str) -> dict:
         return self.system.probe_json(name, *args)
