@@ -179,15 +179,17 @@ def test_an_enforced_ec2_check_fails_naming_each_missing_piece(lab):
 def test_a_failing_step_and_a_missing_tree_are_one_line_each(lab):
     broken = lab.variant()
     broken["kernel"]["images"] += [
-        {"name": "typo", "source": {"path": str(lab.sources)}, "base": "tinyconfg", "initramfs": "none"},
+        {"name": "typo", "source": {"path": str(lab.sources)}, "base": "nosuchconfig", "initramfs": "none"},
         {"name": "gone", "source": {"path": "/usr/src/linux-none"}, "initramfs": "none"}]
     run = lab.inv("build-kernel", "--image", "typo", config=broken)
     log = lab.log_dir("typo") / "kernel-config.log"
     assert run.returncode == 1
     (error,) = run.stderr.splitlines()
+    build = f"/var/tmp/gentoo-ec2-orchestrator/kernel/typo/build/{lab.sources.name}-"
     assert error.startswith(f"error: chroot:{lab.root}: kernel-config exited 2: ")
-    assert "No rule to make target 'tinyconfg'" in error and error.endswith(f"(whole log: {log})")
-    assert "No rule to make target 'tinyconfg'" in log.read_text()
+    assert f" | kernel-config: make -C {lab.sources} O={build}" in error
+    assert error.endswith(f" nosuchconfig exited 2 | (whole log: {log})")
+    assert "No rule to make target 'nosuchconfig'" in log.read_text()
     run = lab.inv("build-kernel", "--image", "gone", config=broken)
     assert (run.returncode, run.stderr) == (2, "error: kernel.images[2].source.path: /usr/src/linux-none has no "
                                                "kernel Makefile in the build system\n")

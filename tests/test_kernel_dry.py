@@ -230,3 +230,19 @@ def test_a_work_dir_symlinked_out_of_the_chroot_is_refused(tmp_path):
     assert str(err.value) == (f"{inside} in the chroot resolves to {outside}/kernel/web/input, outside {root}; "
                               "refusing to touch it (check kernel.work_dir)")
     assert session.host_path("/var/tmp/kernel") == root / "var" / "tmp" / "kernel"
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("  CC      init/main.o", True), ("  CC [M]  fs/ext4/inode.o", True), ("  LD      vmlinux", True),
+    ("Kernel: arch/x86/boot/bzImage is ready  (#1)", True), ("drivers/x.c:12:3: error: 'y' undeclared", True),
+    ("make[2]: *** [scripts/Makefile.build:250: fs/open.o] Error 1", True),
+    (" * kernel: >> Compiling 6.6.13-gentoo bzImage ...", True),
+    ("dracut: *** Creating initramfs image file '/boot/initramfs.img' ***", True),
+    (">>> Emerging (1 of 1) sys-kernel/gentoo-kernel-6.6.52::gentoo", True),
+    ("make[1]: Entering directory '/var/tmp/build'", False), (" * Applying patch ...", False),
+    ("drivers/x.c:12:3: warning: unused variable 'y'", False),
+])
+def test_progress_shows_the_lines_worth_showing(line, shown):
+    from orchestrator.kernel.session import NOTABLE
+
+    assert bool(NOTABLE.match(line)) is shown

@@ -25,8 +25,8 @@ SCRIPTS = ("kernel-info", "kernel-sources", "kernel-config", "kernel-build", "ke
 # kbuild's own short lines (`  CC      fs/open.o`, `  LD      vmlinux`), errors, and the steps
 # of emerge, genkernel and dracut; everything else is only in the log file.
 NOTABLE = re.compile(r"^(\s{2}[A-Z][A-Z0-9_]*(\s\[M\])?\s+\S|Kernel: |.*\berror[:\s]|make(\[\d+\])?: \*\*\*"
-                     r"|>>> (Emerging|Installing|Completed)|!!! |\s*\* (ERROR|Messages for|Kernel compiled"
-                     r"|Compiling|Installing|Building)|dracut(\[[A-Z]\])?: \*\*\* )", re.I)
+                     r"|>>> (Emerging|Installing|Completed)|!!! |\s*\* (ERROR|Messages for|(kernel|initramfs): >> )"
+                     r"|dracut(\[[A-Z]\])?: \*\*\* )", re.I)
 
 
 class KernelSession:
