@@ -54,7 +54,8 @@ def set_params(cmdline: str, params: Mapping[str, str]) -> str:
     Every occurrence of a key gets the value (the kernel obeys the last one, so
     changing only the first would change nothing). ``console`` may legitimately
     appear several times (``console=tty1 console=ttyS0``): it is only added when
-    that exact word is missing.
+    no console names that device yet (``console=ttyS0,115200n8`` already is
+    ``console=ttyS0``, with its speed, and is kept as it is).
     """
     for key, value in params.items():
         cmdline = _set_param(cmdline, key, check_param(key, value))
@@ -72,10 +73,16 @@ def check_param(key: str, value: str) -> str:
 def _set_param(cmdline: str, key: str, word: str) -> str:
     found = [w for w in words(cmdline) if w[0].partition("=")[0] == key]
     if key in MULTI_VALUED:
-        return cmdline if any(w[0] == word for w in found) else append_word(cmdline, word)
+        device = _device_of(word)
+        return cmdline if any(_device_of(w[0]) == device for w in found) else append_word(cmdline, word)
     if not found:
         return append_word(cmdline, word)
     return splice(cmdline, [(w.start(), w.end(), word) for w in found if w[0] != word])
+
+
+def _device_of(word: str) -> str:
+    """``console=ttyS0,115200n8`` -> ``ttyS0``: the same console with other options is the same console."""
+    return word.partition("=")[2].partition(",")[0]
 
 
 def append_word(cmdline: str, word: str) -> str:

@@ -258,7 +258,7 @@ def _entry_text(entry: BootEntry, menu: Menu, nl: str) -> str:
 def arm_oneshot(text: str, name: str, new_title: str, old_title: str) -> str:
     """Boot the entry ``new_title`` once, with ``old_title`` as the fallback (GRUB 0.97's recipe).
 
-    Globals become ``default saved`` and ``fallback <old>``; the new entry gets
+    Globals become ``default saved`` and ``fallback <old> [earlier fallbacks]``; the new entry gets
     ``savedefault fallback``, so the moment GRUB starts it, the saved default
     becomes the old entry: a kernel that panics (``panic=N``) or hangs and is
     rebooted comes back on the old one. The saved default itself is GRUB's state,
@@ -270,8 +270,15 @@ def arm_oneshot(text: str, name: str, new_title: str, old_title: str) -> str:
     if new.index == old.index:
         raise refuse(name, None, f"the new and the old entry are both {new_title!r}")
     menu = _set_global(menu, "default", "saved", name)
-    menu = _set_global(menu, "fallback", str(old.index), name)
+    menu = _set_global(menu, "fallback", _fallbacks(menu, old.index, new.index), name)
     return join_lines(_set_savedefault(menu, new_title, "fallback", name).lines)
+
+
+def _fallbacks(menu: Menu, old: int, new: int) -> str:
+    """``old`` first, then the fallbacks the file already had (GRUB tries them in order), never ``new``."""
+    command = menu.get("fallback")
+    before = [int(n) for n in command.args.split()] if command else []
+    return " ".join(str(n) for n in dict.fromkeys([old, *before]) if n != new)
 
 
 def promote(text: str, name: str, new_title: str) -> str:
