@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import fstab, grubenv, menulst
-from .text import BootConfigError, refuse
+from .text import BootConfigError, is_blank_or_comment, refuse, split_lines
 
 TIMEOUT = 60
 # findmnt --verify messages about the machine it runs on, not about the file: whether a mount
@@ -140,8 +140,14 @@ def check_default_grub(text: str, name: str = "/etc/default/grub") -> None:
     """``sh -n``: the file is shell that grub-mkconfig sources; refuse it when sh cannot parse it.
 
     Syntax only (an unterminated quote, a dangling ``if``): nothing is run, so a
-    bad value is not caught here; the editors keep values plain.
+    bad value is not caught here; the editors keep values plain. A command line
+    ending in CR LF is refused first: sh keeps the CR, so ``GRUB_DEFAULT=saved``
+    would be ``saved\r`` to grub-mkconfig, which does not know that entry.
     """
+    for line in split_lines(text):
+        if line.end == "\r\n" and not is_blank_or_comment(line.body):
+            raise refuse(name, line.number, "ends in CR LF, and sh keeps the CR in the value; "
+                                            "convert the file to LF line endings")
     run = _run_on(text, lambda p: ["sh", "-n", p], name, "grub")
     if run.returncode:
         m = re.search(r": ([0-9]+): (.*)", run.stderr)
