@@ -46,7 +46,8 @@ def test_a_device_the_table_lacks_is_refused_naming_the_line_and_mount_point():
     text = "# root\n/dev/xvda1 / ext4 defaults 0 1\n/dev/xvdg /logs ext4 nofail 0 2\n"
     with pytest.raises(BootConfigError) as refused:
         rename_devices(text, "web1:/etc/fstab", to_nvme({"/dev/xvda1": "/dev/nvme0n1p1"}))
-    assert str(refused.value) == "web1:/etc/fstab:3: /dev/xvdg is not in the host's NVMe device table (mount point /logs)"
+    assert str(refused.value) == \
+        "web1:/etc/fstab:3: /dev/xvdg is not in the host's NVMe device table (mount point /logs)"
 
 
 def test_back_to_xvd_reads_the_table_backwards_and_refuses_an_nvme_name_it_lacks():

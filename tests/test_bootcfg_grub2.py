@@ -46,14 +46,16 @@ def test_a_missing_variable_is_added_after_its_commented_example():
 
 @pytest.mark.parametrize("text, message", [
     ('GRUB_CMDLINE_LINUX="quiet\nsplash"\n', "g:1: GRUB_CMDLINE_LINUX: the quoted value does not end on this line"),
-    ('GRUB_CMDLINE_LINUX="a \\"b\\""\n', "g:1: GRUB_CMDLINE_LINUX is not a plain value this tool can edit; edit it by hand"),
+    ('GRUB_CMDLINE_LINUX="a \\"b\\""\n',
+     "g:1: GRUB_CMDLINE_LINUX is not a plain value this tool can edit; edit it by hand"),
     ('GRUB_CMDLINE_LINUX="a"b\n', "g:1: GRUB_CMDLINE_LINUX is not a plain value this tool can edit; edit it by hand"),
     ("GRUB_CMDLINE_LINUX=`cat /etc/cmdline`\n",
      "g:1: GRUB_CMDLINE_LINUX is not a plain value this tool can edit; edit it by hand"),
     ('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b"\n',
      "g:2: GRUB_CMDLINE_LINUX is assigned twice (also on line 1); keep one"),
     ('[ -e /x ] && GRUB_CMDLINE_LINUX="a"\n', "g:1: GRUB_CMDLINE_LINUX is assigned inside a command; edit it by hand"),
-    ('GRUB_CMDLINE_LINUX="panic=$PANIC"\n', "g:1: panic= in GRUB_CMDLINE_LINUX is computed by the shell; edit it by hand"),
+    ('GRUB_CMDLINE_LINUX="panic=$PANIC"\n',
+     "g:1: panic= in GRUB_CMDLINE_LINUX is computed by the shell; edit it by hand"),
 ])
 def test_what_cannot_be_edited_as_text_is_refused_with_its_line(text, message):
     with pytest.raises(BootConfigError) as refused:
@@ -131,7 +133,8 @@ def test_a_block_that_is_not_a_grubenv_is_refused(text, message):
 
 
 def test_a_block_that_would_outgrow_1024_bytes_is_refused_not_truncated():
-    with pytest.raises(BootConfigError, match=r"^e: the variables need 1[0-9]{3} bytes; a GRUB environment block holds 1024$"):
+    with pytest.raises(BootConfigError,
+                       match=r"^e: the variables need 1[0-9]{3} bytes; a GRUB environment block holds 1024$"):
         edit_grubenv(ENV, "e", {"saved_entry": "x" * 1000})
 
 

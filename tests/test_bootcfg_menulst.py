@@ -119,6 +119,11 @@ def test_promotion_makes_the_new_entry_the_default_and_drops_only_what_arming_ad
     assert default_title(promoted) == NEW
 
 
+def test_promoting_in_a_menu_without_default_adds_it_and_drops_the_right_line():
+    text = "timeout 5\ntitle old\nkernel /a\ntitle new\nkernel /b\nsavedefault fallback\n"
+    assert promote(text, "m", "new") == "timeout 5\ndefault 1\ntitle old\nkernel /a\ntitle new\nkernel /b\n"
+
+
 def test_a_savedefault_without_argument_on_the_new_entry_becomes_savedefault_fallback():
     text = "default 0\ntitle old\nkernel /a\ntitle new\nkernel /b\nsavedefault\n"
     assert arm_oneshot(text, "m", "new", "old") == \
@@ -128,7 +133,8 @@ def test_a_savedefault_without_argument_on_the_new_entry_becomes_savedefault_fal
 def test_a_menu_without_default_gets_it_after_timeout_or_before_the_first_entry():
     text = "# menu\ntimeout 5\ntitle old\nkernel /a\ntitle new\nkernel /b\n"
     assert arm_oneshot(text, "m", "new", "old") == \
-        "# menu\ntimeout 5\ndefault saved\nfallback 0\ntitle old\nkernel /a\ntitle new\nkernel /b\nsavedefault fallback\n"
+        "# menu\ntimeout 5\ndefault saved\nfallback 0\ntitle old\nkernel /a\ntitle new\nkernel /b\n" \
+        "savedefault fallback\n"
     text = "# menu\n\ntitle old\nkernel /a\ntitle new\nkernel /b"
     assert arm_oneshot(text, "m", "new", "old") == \
         "# menu\n\ndefault saved\nfallback 0\ntitle old\nkernel /a\ntitle new\nkernel /b\nsavedefault fallback\n"

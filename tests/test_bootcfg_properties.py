@@ -184,9 +184,8 @@ def test_setting_parameters_is_idempotent_and_keeps_the_other_words_in_order(par
             assert cmdline.get_params(" ".join(after), key) and set(cmdline.get_params(" ".join(after), key)) == {val}
 
 
-env_values = st.dictionaries(st.from_regex(r"[A-Za-z0-9_]{1,12}", fullmatch=True),
-                             st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=40),
-                             max_size=8)
+env_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=40)
+env_values = st.dictionaries(st.from_regex(r"[A-Za-z0-9_]{1,12}", fullmatch=True), env_text, max_size=8)
 
 
 @SETTINGS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bootcfg_cases import CORPUS, GOLDEN, GOLDEN_DIR, read
+from bootcfg_cases import CORPUS, GOLDEN, read
 from orchestrator.bootcfg import BootConfigError
 from orchestrator.bootcfg.devices import to_tag
 from orchestrator.bootcfg.fstab import rename_devices
@@ -89,7 +89,7 @@ def test_lines_our_parser_refuses_libmount_skips_with_a_parse_error(line, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["debian12-ec2.grub.cfg", "hand-written-oneshot.grub.cfg",
-                                  "golden/debian12-ec2.grub.cfg.cfg.uuid", "golden/hand-written-oneshot.grub.cfg.cfg.nvme"])
+                                  *[f"golden/{f}.{t}" for f, t in GOLDEN if t.startswith("cfg.")]])
 def test_corpus_and_golden_grub_cfgs_pass_grub_script_check(name):
     assert check_grub_cfg(read(name), name) is None
 
@@ -120,7 +120,8 @@ def test_corpus_and_golden_default_grub_files_parse_as_shell(name):
 
 def test_a_default_grub_sh_cannot_parse_is_refused_with_the_line_sh_names():
     """dash names the line it stopped at: for an unterminated quote, the end of the file."""
-    with pytest.raises(BootConfigError, match=r"^/etc/default/grub:4: sh -n: Syntax error: Unterminated quoted string$"):
+    with pytest.raises(BootConfigError,
+                       match=r"^/etc/default/grub:4: sh -n: Syntax error: Unterminated quoted string$"):
         check_default_grub('GRUB_DEFAULT=0\n\nGRUB_CMDLINE_LINUX="quiet\n')
 
 
@@ -173,5 +174,6 @@ def test_a_file_without_a_validator_is_refused():
 
 def test_a_missing_tool_is_one_line_naming_the_package_script(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(BootConfigError, match=r"^fstab: cannot check it: findmnt is not installed \(scripts/install-deps"):
+    with pytest.raises(BootConfigError,
+                       match=r"^fstab: cannot check it: findmnt is not installed \(scripts/install-deps"):
         check_fstab("/dev/xvda1 / ext4 defaults 0 1\n")

@@ -91,10 +91,7 @@ def to_tag(blkid: Mapping[str, Mapping[str, str]], tag: str = "UUID",
     if tag not in TAGS:
         raise BootConfigError(f"bootcfg: tag must be one of {', '.join(TAGS)}, not {tag!r}")
     table = check_nvme_table(nvme_table or {})
-    owners: dict[str, list[str]] = {}
-    for dev, tags in blkid.items():
-        if tags.get(tag):
-            owners.setdefault(tags[tag], []).append(dev)
+    owners = _owners(blkid, tag)
 
     def rename(spec: str) -> str | None:
         if not is_kernel_name(spec):
@@ -110,6 +107,15 @@ def to_tag(blkid: Mapping[str, Mapping[str, str]], tag: str = "UUID",
         return f"{tag}={value}"
 
     return rename
+
+
+def _owners(blkid: Mapping[str, Mapping[str, str]], tag: str) -> dict[str, list[str]]:
+    """Tag value -> the devices that carry it."""
+    owners: dict[str, list[str]] = {}
+    for dev, tags in blkid.items():
+        if tags.get(tag):
+            owners.setdefault(tags[tag], []).append(dev)
+    return owners
 
 
 def check_nvme_table(table: Mapping[str, str]) -> dict[str, str]:

@@ -91,7 +91,7 @@ def parse_menu(text: str, name: str = "menu.lst") -> Menu:
 
 def _command(line: Line, name: str) -> Command:
     m = COMMAND.fullmatch(line.body)
-    if not m or (m[3] is None and line.body.strip(BLANKS) != m[2]):
+    if not m:
         raise refuse(name, line.number, f"not a GRUB command line: {line.body.strip()!r}")
     command = Command(line, m[2], m[4] or "", m.start(4) if m[4] else len(line.body), m[1], m[3] or " ")
     if command.name in ("title", "kernel", "root", "initrd") and not command.args:
@@ -288,8 +288,8 @@ def promote(text: str, name: str, new_title: str) -> str:
     ``fallback`` (GRUB still falls back when the new kernel cannot even be loaded).
     """
     menu = parse_menu(text, name)
+    menu = _set_global(menu, "default", str(find_entry(menu, new_title, name).index), name)
     new = find_entry(menu, new_title, name)
-    menu = _set_global(menu, "default", str(new.index), name)
     drop = {c.line.number for c in new.commands if c.name == "savedefault" and c.args == "fallback"}
     return join_lines([line for line in menu.lines if line.number not in drop])
 
