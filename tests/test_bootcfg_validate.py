@@ -60,6 +60,12 @@ def test_text_level_warnings_come_back_naming_the_line():
     assert check_fstab(text) == ["fstab:3: findmnt: target specified more than once"]
 
 
+def test_two_swap_areas_are_not_a_mount_point_listed_twice(tmp_path):
+    text = "/dev/xvda1 / ext4 defaults 0 1\n/dev/xvdb none swap sw 0 0\n/dev/xvdc none swap sw 0 0\n"
+    assert "[W] target specified more than once" in findmnt(text, tmp_path).stdout
+    assert check_fstab(text) == []
+
+
 def test_an_unescaped_blank_in_a_label_is_caught_before_it_is_written():
     """What an editor that forgot to escape would write: the fields shift and 'defaults' lands in the dump column."""
     with pytest.raises(BootConfigError, match=r"^fstab:1: the dump field 'defaults' is not a number$"):

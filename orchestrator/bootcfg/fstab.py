@@ -35,6 +35,10 @@ class Entry:
     def target(self) -> str:
         return unescape(self.fields[1][0])
 
+    @property
+    def fstype(self) -> str:
+        return unescape(self.fields[2][0])
+
 
 def unescape(field: str) -> str:
     return OCTAL.sub(lambda m: chr(int(m[1], 8)), field)

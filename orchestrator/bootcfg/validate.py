@@ -73,8 +73,9 @@ def check_fstab(text: str, name: str = "fstab") -> list[str]:
     points and devices that do not exist here, tags no disk here carries, what
     the disks here hold, the file systems this kernel supports. ``-C`` keeps
     findmnt from resolving tags and paths through this box's disks and symlinks.
-    Returned as warnings: a mount point listed twice, a root pass number that is
-    not 1, ``none`` as a type outside bind mounts.
+    Returned as warnings: a mount point listed twice (not two swap areas, whose
+    ``none`` findmnt counts), a root pass number that is not 1, ``none`` as a
+    type outside bind mounts.
     Our own parser runs first, so a malformed line is refused with its number
     even if findmnt changed its mind about it.
     """
@@ -96,27 +97,30 @@ def check_fstab(text: str, name: str = "fstab") -> list[str]:
 
 def _findmnt_messages(stdout: str, entries: list[fstab.Entry]) -> tuple[list, list]:
     """Text problems and warnings as ``(line, message)``, each tied to its entry's line."""
-    problems, warnings, pos, line = [], [], 0, None
+    problems, warnings, pos, entry = [], [], 0, None
     for out in stdout.splitlines():
         m = FINDMNT_MESSAGE.fullmatch(out)
         if not m:
-            line, pos = _entry_line(out, entries, pos)
+            entry, pos = _next_entry(out, entries, pos)
             continue
         kind, message = m.groups()
-        if kind == " " or any(check in message for check in FINDMNT_HOST_CHECKS):
+        if kind == " " or any(check in message for check in FINDMNT_HOST_CHECKS) or _swap_twice(entry, message):
             continue
-        if kind == "E":
-            problems.append((line, f"findmnt: {message}"))
-        else:
-            warnings.append((line, f"findmnt: {message}"))
+        line = entry.line.number if entry else None
+        (problems if kind == "E" else warnings).append((line, f"findmnt: {message}"))
     return problems, warnings
 
 
-def _entry_line(target: str, entries: list[fstab.Entry], pos: int) -> tuple[int | None, int]:
-    """The line of the next entry (from ``pos``) whose mount point findmnt printed as ``target``."""
+def _swap_twice(entry: fstab.Entry | None, message: str) -> bool:
+    """Every swap area has the mount point ``none``: findmnt calls the second one a duplicate; it is not."""
+    return entry is not None and entry.fstype == "swap" and message == "target specified more than once"
+
+
+def _next_entry(target: str, entries: list[fstab.Entry], pos: int) -> tuple[fstab.Entry | None, int]:
+    """The next entry (from ``pos``) whose mount point findmnt printed as ``target``."""
     for i in range(pos, len(entries)):
         if entries[i].target == target:
-            return entries[i].line.number, i + 1
+            return entries[i], i + 1
     return None, pos
 
 
