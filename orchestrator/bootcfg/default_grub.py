@@ -5,8 +5,9 @@ edited: ``[export ]NAME=value`` alone on its line, the value unquoted (one word)
 ``"double quoted"`` or ``'single quoted'``, optionally followed by a comment. The
 quoting an assignment has is kept; an unquoted value that must hold several words
 gets double quotes. What cannot be edited safely is refused with its line: a value
-spanning lines, backslashes or backticks in it, a computed parameter
-(``root=$ROOT``), or the variable assigned inside a compound command.
+spanning lines (of any variable: the lines after it are no longer lines of shell),
+backslashes or backticks in the value, a computed parameter (``root=$ROOT``), or
+the variable assigned inside a compound command.
 """
 
 from __future__ import annotations
@@ -96,8 +97,6 @@ def _editable(text: str, name: str, variable: str) -> list[Assignment]:
 def _with_value(a: Assignment, value: str) -> Line:
     """``a``'s line with the value replaced, in its own quotes (double quotes if it had none and needs them)."""
     quote = a.quote or ('"' if not PLAIN_VALUE.fullmatch(value) or not value else "")
-    if quote == "'" and "'" in value:
-        quote = '"'
     return a.line.with_body(a.line.body[:a.start] + quote + value + quote + a.line.body[a.end:])
 
 
