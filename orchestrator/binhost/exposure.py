@@ -9,9 +9,7 @@ sigil) is a ``ConfigError`` naming where it came from, never a broken config.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import jinja2
 
 from ..config import BinhostConfig
 from ..errors import ConfigError
+from ..run.base import Target
 from .facts import BinhostFacts, RepoFacts
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -148,44 +147,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def write_rendered(files: dict[str, str], out_dir: Path) -> list[str]:
-    """Write each file whose content differs; return the names that changed.
+def write_rendered(files: dict[str, str], out_dir: Path, target: Target) -> list[str]:
+    """Replace each file whose content differs (``Target.replace_file``); return the names that changed.
 
-    Each write is atomic (temp file, fsync, rename). The first time a file is
-    replaced, the previous version is kept as ``<name>.orig`` (an admin's
-    hand-written config survives our first run); later replacements keep that
-    original rather than our own older output.
+    The version each replaces is kept as ``.<name>.previous``: a dot file, which
+    Portage skips when a rendered ``clients/<name>/...`` tree is baked into an image.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    changed = []
-    for name, text in files.items():
-        target = out_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = text.encode()
-        if target.is_file() and target.read_bytes() == data:
-            continue
-        orig = out_dir / f"{name}.orig"
-        if target.is_file() and not orig.exists():
-            _atomic_write(orig, target.read_bytes())
-        _atomic_write(target, data)
-        changed.append(name)
-    return changed
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return [name for name, text in files.items() if target.replace_file(out_dir / name, text)]

@@ -245,12 +245,10 @@ def configs(ctx: StageContext) -> str:
         for path, text in render_client_configs(client, repos, uris, verify_signature=cfg.signing.enabled).items():
             files[f"clients/{client.name}/{path.lstrip('/')}"] = text
     out = ctx.system.out_dir
-    if ctx.dry:
-        return f"would render {len(files)} file(s) into {out}"
-    changed = write_rendered(files, out)
+    changed = write_rendered(files, out, ctx.system.run.local())
     if not changed:
         return f"nothing to do: the {len(files)} rendered files in {out} are current"
-    return f"wrote {len(changed)} of {len(files)} into {out}: {_short_list(changed)}"
+    return f"{'would write' if ctx.dry else 'wrote'} {len(changed)} of {len(files)} into {out}: {_short_list(changed)}"
 
 
 RUNNERS: dict[str, Callable[[StageContext], str]] = {
