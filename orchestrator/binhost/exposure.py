@@ -13,14 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from ..config import BinhostConfig
 from ..errors import ConfigError
 from ..run.base import Target
+from ..templating import check_value, render
 from .facts import BinhostFacts, RepoFacts
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 FILES = {
     "rsyncd.conf": "rsyncd.conf.j2",
     "nginx-binhost.conf": "nginx-binhost.conf.j2",
@@ -28,12 +26,13 @@ FILES = {
 }
 MAX_CONNECTIONS = 32
 RSYNC_TIMEOUT_S = 600  # rsync's I/O timeout: a stalled client frees its slot
+SETTINGS = {"address": "binhost.serve.listen_address", "hosts_allow": "binhost.serve.hosts_allow",
+            "repos": "binhost.repos", "url_path": "binhost.serve.url_path", "pkgdir": "PKGDIR (binhost facts)"}
 
 REPO_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_-]*")  # PMS 3.1.5, also a safe rsync module name
 HOST_RE = re.compile(r"[A-Za-z0-9.:_-]+")
 HOST_PATTERN_RE = re.compile(r"[A-Za-z0-9.:/*?_\[\]-]+")  # rsyncd "hosts allow": address, CIDR, wildcard name
 URL_PATH_RE = re.compile(r"(/[A-Za-z0-9._~+-]+)+")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 WEB_UNSAFE = set('"\\$*?[]')  # quote/escape/variable characters, and Apache <Directory> wildcards
 
 
@@ -66,8 +65,7 @@ def render_exposure(cfg: BinhostConfig, facts: BinhostFacts, *, pid_file: Path |
         "url_path": url_path(cfg.serve.url_path),
         "pkgdir": pkgdir,
     }
-    env = _environment()
-    return {name: env.get_template(template).render(values) for name, template in FILES.items()}
+    return {name: render(template, values, settings=SETTINGS) for name, template in FILES.items()}
 
 
 def published_repos(cfg: BinhostConfig, facts: BinhostFacts) -> list[RepoFacts]:
@@ -133,18 +131,9 @@ def web_path(value: str, key: str) -> str:
 
 
 def _plain_path(value: str, key: str) -> None:
-    if CONTROL_RE.search(value):
-        raise ConfigError(f"{key}: {value!r} contains a newline or control character")
+    check_value(value, key)
     if value != value.strip() or not value.startswith("/"):
         raise ConfigError(f"{key}: expected an absolute path without surrounding blanks, got {value!r}")
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["rsync"] = lambda value: str(value).replace("%", "%%")
-    env.filters["quoted"] = lambda value: f'"{value}"'
-    return env
 
 
 def write_rendered(files: dict[str, str], out_dir: Path, target: Target) -> list[str]:
