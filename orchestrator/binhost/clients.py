@@ -34,8 +34,8 @@ from ..run import RemoteTarget
 from . import signing
 from .exposure import published_repos, url_path
 from .facts import BinhostFacts
-from .session import FACTS_FILE, output_dir
-from .streamlog import StreamLog
+from .system import FACTS_FILE, output_dir
+from ..streamlog import StreamLog
 
 INSTALLED = re.compile(r"^>>> Emerging binary \(\d+ of \d+\) (\S+?)(?:::\S+)?\s*$")
 PRETEND = re.compile(r"^\[(ebuild|binary)[^\]]*\]\s+(\S+?)(?:::\S+)?(?:\s|$)")
