@@ -19,7 +19,7 @@ run in this process:
    core: Portage compresses with ``zstd -T<jobs>`` beside its own tar writer, so the serial
    baseline already uses more than one core and the speed-up cannot reach the core count.
 
-Stage and script times come from wrapping ``stages.RUNNERS`` and ``BuildSystem.script``
+Stage and script times come from wrapping ``stages.RUNNERS`` and ``BuildSession.script``
 for the duration of a job (nothing in ``orchestrator/`` is changed).
 
 A benchmark, not a test: it prints ratios against baselines measured in the same process
@@ -48,7 +48,8 @@ sys.path[:0] = [str(BENCH), str(REPO), str(REPO / "tests")]
 
 import backup_bench as bb  # noqa: E402  (machine-load counters, formatting)
 import portage_lab as lab  # noqa: E402
-from orchestrator.binhost import jobs, session, stages  # noqa: E402
+from orchestrator.binhost import jobs, stages  # noqa: E402
+from orchestrator.buildenv.session import BuildSession  # noqa: E402
 from orchestrator.job import execute  # noqa: E402
 
 STAGES = tuple(s for s in stages.STAGES if s not in stages.OPT_IN)  # a default `inv binhost`: opt-in stages off
@@ -125,7 +126,7 @@ def clocked():
     times: dict[str, dict] = {"stages": {}, "scripts": {}}
     current = ["setup"]
     runners = dict(stages.RUNNERS)
-    script = session.BuildSystem.script
+    script = BuildSession.script
 
     def stage_timed(name, fn):
         def run_stage(ctx):
@@ -142,12 +143,12 @@ def clocked():
 
     for name, fn in runners.items():
         stages.RUNNERS[name] = stage_timed(name, fn)
-    session.BuildSystem.script = script_timed
+    BuildSession.script = script_timed
     try:
         yield times
     finally:
         stages.RUNNERS.update(runners)
-        session.BuildSystem.script = script
+        BuildSession.script = script
 
 
 def run_job(config: dict, names, log: Path, label: str) -> dict:

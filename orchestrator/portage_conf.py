@@ -14,14 +14,11 @@ import io
 import re
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-
-import jinja2
 
 from .config import ClientConfig
 from .errors import ConfigError
+from .templating import render
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 # "zz-": Portage reads a .conf directory in sorted order and the last value of a key wins,
 # so our sync-uri overrides the one in an existing gentoo.conf.
 FILE_NAME = "zz-gentoo-ec2-orchestrator.conf"
@@ -63,11 +60,12 @@ def render_client_configs(client: ClientConfig, repos: list[str], uris: ClientUr
     entries = [RepoEntry(n, f"{eprefix}/var/db/repos/{n}", uris.sync_uris[n]) for n in names]
     repos_path = f"{eprefix}/etc/portage/repos.conf/{FILE_NAME}"
     binrepos_path = f"{eprefix}/etc/portage/binrepos.conf/{FILE_NAME}"
-    env = _environment()
-    repos_text = env.get_template("repos.conf.j2").render(
-        path=repos_path, client=client.name, main_repo=main_repo(names), repos=entries)
-    binrepos_text = env.get_template("binrepos.conf.j2").render(
-        path=binrepos_path, client=client.name, binhost_uri=uris.binhost_uri, verify_signature=verify_signature)
+    settings = {"client": f"{where}.name", "repos": "binhost.repos"}
+    repos_text = render("repos.conf.j2", dict(path=repos_path, client=client.name, main_repo=main_repo(names),
+                                              repos=entries), settings=settings)
+    binrepos_text = render("binrepos.conf.j2", dict(path=binrepos_path, client=client.name,
+                                                    binhost_uri=uris.binhost_uri, verify_signature=verify_signature),
+                           settings=settings)
     _check_repos_read_back(validate_repos_conf(repos_text, repos_path), entries, repos_path)
     _check_binrepo_read_back(validate_binrepos_conf(binrepos_text, binrepos_path, verify_signature),
                              uris.binhost_uri, binrepos_path)
@@ -84,8 +82,7 @@ def legacy_make_conf_block(uris: ClientUris, repos: list[str]) -> str:
     names = _repo_names(repos)
     check_uris(uris, names, "make.conf")
     main = main_repo(names)
-    block = _environment().get_template("make.conf-binhost.j2").render(
-        binhost_uri=uris.binhost_uri, sync_uri=uris.sync_uris[main])
+    block = render("make.conf-binhost.j2", dict(binhost_uri=uris.binhost_uri, sync_uri=uris.sync_uris[main]))
     parsed = validate_make_conf(block, "make.conf block")
     if parsed.get("PORTAGE_BINHOST") != uris.binhost_uri or parsed.get("SYNC") != uris.sync_uris[main]:
         raise ConfigError("make.conf block: Portage would not read PORTAGE_BINHOST/SYNC back as written")
@@ -261,9 +258,3 @@ def _captured_stderr():
 def _one_line(reason: str, temp_path: str, name: str) -> str:
     return " ".join(reason.replace(temp_path, name).split())
 
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["ini"] = lambda value: str(value).replace("%", "%%")  # Portage's parsers interpolate %(...)s
-    return env

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .run.files import atomic_write
+
 
 @dataclass
 class RunReport:
@@ -51,7 +53,7 @@ class RunReport:
         reports_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.started))
         path = reports_dir / f"{self.job}-{stamp}-{os.getpid()}.json"
-        _atomic_write(path, json.dumps(self.as_dict(), indent=2, default=str) + "\n")
+        atomic_write(path, json.dumps(self.as_dict(), indent=2, default=str) + "\n")
         if latest:
             link = reports_dir / f"{self.job}-latest.json"
             tmp = link.with_name(link.name + ".tmp")
@@ -78,11 +80,3 @@ class RunReport:
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -36,7 +36,8 @@ from busybox_root import make_busybox_root
 from children import finish, wait_until
 from daemons import running
 from orchestrator.binhost.jobs import build
-from orchestrator.binhost.session import INSIDE_DIR, SCRIPTS
+from orchestrator.binhost.system import BINHOST
+from orchestrator.buildenv import INSIDE_DIR
 from test_chroot_target import alive, assert_nothing_leaked, descendants, host_mounts_under, lock_is_free, rooted_in
 
 pytestmark = [
@@ -297,7 +298,7 @@ def test_a_full_run_builds_inside_the_chroot_with_a_clean_environment(binhost_si
 
     inside = installed_scripts(gentoo)
     shipped = sorted(name for name in os.listdir(REPO_ROOT / "chroot") if name.startswith("binhost-"))
-    assert sorted(os.listdir(inside)) == shipped == sorted(SCRIPTS)
+    assert sorted(os.listdir(inside)) == shipped == sorted(BINHOST.scripts)
     for name in shipped:
         assert (inside / name).read_bytes() == (REPO_ROOT / "chroot" / name).read_bytes(), name
         assert os.access(inside / name, os.X_OK), name

@@ -26,6 +26,7 @@ from orchestrator.binhost.facts import BinhostFacts, RepoFacts
 from orchestrator.binhost.serve import serve_forever, serving
 from orchestrator.config import load_section
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.run import LocalTarget
 
 LOOPBACK = "127.0.0.1"
 BINPKG = "app-lab/toy00/toy00-1-1.gpkg.tar"
@@ -189,22 +190,29 @@ def test_paths_that_a_format_cannot_carry_are_refused(lab, pkgdir, repo_path, ne
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_write_rendered_only_writes_changes_and_keeps_the_first_original(tmp_path):
+def test_write_rendered_only_writes_changes_and_keeps_the_previous_version_as_a_dot_file(tmp_path):
+    """``.<name>.previous``, not ``<name>.orig``: Portage reads every file of a repos.conf/ directory but dot
+    files, so an ``.orig`` beside a rendered client config would be read too, after ours, and win."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "rsyncd.conf").write_text("# written by hand\n")
-    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out) == [
+    local = LocalTarget()
+    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out, local) == [
         "rsyncd.conf", "nginx-binhost.conf"]
     assert (out / "rsyncd.conf").read_text() == "v1\n"
-    assert (out / "rsyncd.conf.orig").read_text() == "# written by hand\n"
-    assert not (out / "nginx-binhost.conf.orig").exists()
+    assert (out / ".rsyncd.conf.previous").read_text() == "# written by hand\n"
+    assert not (out / ".nginx-binhost.conf.previous").exists()
 
-    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out) == []
+    assert write_rendered({"rsyncd.conf": "v1\n", "nginx-binhost.conf": "n1\n"}, out, local) == []
 
-    assert write_rendered({"rsyncd.conf": "v2\n", "nginx-binhost.conf": "n1\n"}, out) == ["rsyncd.conf"]
+    assert write_rendered({"rsyncd.conf": "v2\n", "nginx-binhost.conf": "n1\n"}, out, local) == ["rsyncd.conf"]
     assert (out / "rsyncd.conf").read_text() == "v2\n"
-    assert (out / "rsyncd.conf.orig").read_text() == "# written by hand\n"
-    assert sorted(p.name for p in out.iterdir()) == ["nginx-binhost.conf", "rsyncd.conf", "rsyncd.conf.orig"]
+    assert (out / ".rsyncd.conf.previous").read_text() == "v1\n"
+    assert sorted(p.name for p in out.iterdir()) == [".rsyncd.conf.previous", "nginx-binhost.conf", "rsyncd.conf"]
+
+    lines = []
+    assert write_rendered({"rsyncd.conf": "v3\n"}, out, LocalTarget(dry=True, echo=lines.append)) == ["rsyncd.conf"]
+    assert lines[-2:] == ["-v2", "+v3"] and (out / "rsyncd.conf").read_text() == "v2\n"
 
 
 # --- the real daemons ------------------------------------------------------------------------

@@ -304,6 +304,9 @@ def test_a_section_class_checks_itself_under_the_key_it_is_given():
      "binhost.clients[0].mode: 'ftp' is not one of 'direct', 'tunnel', 'tarball'"),
     ({"clients": [{"name": "a", "host": "h"}, {"name": "a", "host": "i"}]},
      "binhost.clients[1].name: 'a' is used twice"),
+    ({"clients": [{"name": "../../etc", "host": "h"}]},
+     "binhost.clients[0].name: '../../etc' is not a name of letters, digits and . _ - (it names the instance's "
+     "directory and log files)"),
     ({"clients": [{"name": "a", "host": "h", "env": ["PATH=/bin"]}]},
      "binhost.clients[0].env: expected a mapping, got list"),
     ({"serve": {"rsync_port": 0}}, "binhost.serve.rsync_port: 0 is not a TCP port (1-65535)"),

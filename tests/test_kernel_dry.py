@@ -212,18 +212,18 @@ def test_the_example_site_files_kernel_section_is_valid():
 
 def test_a_work_dir_symlinked_out_of_the_chroot_is_refused(tmp_path):
     """We copy into and delete under the work dir from the build box: a symlink must not lead us out."""
-    from orchestrator.binhost.session import BuildSystem
-    from orchestrator.config import BinhostConfig
+    from orchestrator.buildenv import BuildRoot, BuildSession
     from orchestrator.errors import OrchestratorError
-    from orchestrator.kernel.session import KernelSession
+    from orchestrator.kernel.session import KERNEL, KernelSession
     from orchestrator.run import LocalTarget
 
     root, outside = tmp_path / "root", tmp_path / "host-dir"
     (root / "var" / "tmp").mkdir(parents=True)
     outside.mkdir()
     (root / "var" / "tmp" / "gentoo-ec2-orchestrator").symlink_to(outside)
-    system = BuildSystem(None, BinhostConfig(mode="chroot", root=root), LocalTarget(dry=True), tmp_path, None)
-    session = KernelSession(system, tmp_path / "logs")
+    build = BuildSession(None, KERNEL, BuildRoot("chroot", root, "binhost.root"), LocalTarget(dry=True),
+                         log_dir=tmp_path / "logs", timeout=60, env={}, log=None)
+    session = KernelSession(build)
     inside = "/var/tmp/gentoo-ec2-orchestrator/kernel/web/input"
     with pytest.raises(OrchestratorError) as err:
         session.host_path(inside)

@@ -22,6 +22,7 @@ from ..config import BackupConfig, GeneralConfig, human_size
 from ..errors import OrchestratorError
 from ..progress import Progress
 from ..run import Target
+from ..run.files import atomic_write
 from ..faults import crash_point
 from . import codec, metadata
 from .catalog import Catalog
@@ -314,7 +315,7 @@ class BackupRun:
         if plan.parent_id:
             parent = self.layout.snapshot_dir(plan.parent_id) / f"{slug}.snar"
             if parent.exists():
-                snapshot.write_bytes(parent.read_bytes())
+                atomic_write(snapshot, parent.read_bytes())
                 try:
                     renamed = neutralize_renames(snapshot, Path(path), self.cfg.one_file_system)
                 except SnapshotFormatError as exc:

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..run.files import atomic_write
+
 MAGIC = b"GNU tar-"
 NO_INODE = b"0"  # no directory on a Linux file system has inode 0
 
@@ -117,7 +119,5 @@ def neutralize_renames(snapshot: Path, root: Path, one_file_system: bool = True)
             record.ino = NO_INODE
             changed.append(os.fsdecode(record.name))
     if changed:
-        tmp = snapshot.with_name(snapshot.name + ".tmp")
-        tmp.write_bytes(snap.dump())
-        os.replace(tmp, snapshot)
+        atomic_write(snapshot, snap.dump())
     return changed

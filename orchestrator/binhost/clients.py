@@ -10,15 +10,14 @@ tarball  the published trees and PKGDIR are shipped as one tar and unpacked on
          the instance; Portage then syncs and fetches from ``file://``
 
 Every way ends the same: our repos.conf / binrepos.conf (and, for old Portage,
-a marked make.conf block) are validated and written atomically, the previous
-file kept beside it as ``.<name>.previous``; then ``emerge --sync`` and
+a marked make.conf block) are validated and replaced on the instance
+(``Target.replace_file``); then ``emerge --sync`` and
 ``emerge -uDNGK @world``. What was installed, and what a source build would
 still update (skipped for lack of a binary package), is reported per instance.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
 import tempfile
 import time
@@ -35,8 +34,8 @@ from ..run import RemoteTarget
 from . import signing
 from .exposure import published_repos, url_path
 from .facts import BinhostFacts
-from .session import FACTS_FILE, output_dir
-from .streamlog import StreamLog
+from .system import FACTS_FILE, output_dir
+from ..streamlog import StreamLog
 
 INSTALLED = re.compile(r"^>>> Emerging binary \(\d+ of \d+\) (\S+?)(?:::\S+)?\s*$")
 PRETEND = re.compile(r"^\[(ebuild|binary)[^\]]*\]\s+(\S+?)(?:::\S+)?(?:\s|$)")
@@ -166,42 +165,15 @@ def _emerge(remote: RemoteTarget, client: ClientConfig, args: list[str], log: St
 
 def write_configs(remote: RemoteTarget, client: ClientConfig, repos: list[str], uris: ClientUris,
                   signed: bool) -> list[str]:
-    """Write what differs; every file is validated first and replaced atomically. Returns paths written."""
+    """Write what differs (``Target.replace_file``: atomic, the old file kept as ``.<name>.previous``,
+    a dot file Portage skips in its .conf directories). Every file was validated with Portage's
+    own parsers when it was rendered. Returns the paths written (or, under --dry, that would be)."""
     files = render_client_configs(client, repos, uris, verify_signature=signed)
-    current = {path: _read_remote(remote, path) for path in files}
     if client.legacy_make_conf:
         make_conf = f"{client.eprefix}/etc/portage/make.conf"
-        current[make_conf] = _read_remote(remote, make_conf)
-        files[make_conf] = merge_make_conf(current[make_conf] or "", legacy_make_conf_block(uris, repos), make_conf)
-    return [path for path, text in files.items() if _replace_remote(remote, path, text, current[path])]
-
-
-def _read_remote(remote: RemoteTarget, path: str) -> str | None:
-    result = remote.run(["cat", "--", path], check=False, mutates=False)
-    if result.returncode == 0:
-        return result.stdout
-    probe = remote.run(["test", "-e", path], check=False, mutates=False)
-    if probe.returncode == 0:
-        raise OrchestratorError(f"{remote.describe()}: cannot read {path}: {result.output[-200:]}")
-    return None
-
-
-def _replace_remote(remote: RemoteTarget, path: str, text: str, current: str | None) -> bool:
-    """Replace ``path`` (now ``current``, None if absent) with ``text`` unless equal; the old
-    file is kept as ``.<name>.previous``, a dot file, which Portage skips in its .conf directories.
-    """
-    if current == text:
-        return False
-    directory = posixpath.dirname(path)
-    remote.run(["mkdir", "-p", "--", directory])
-    if current is not None:
-        remote.run(["cp", "-p", "--", path, posixpath.join(directory, f".{posixpath.basename(path)}.previous")])
-    with tempfile.NamedTemporaryFile("w", prefix="orchestrator-", suffix=".conf") as local:
-        local.write(text)
-        local.flush()
-        remote.put(local.name, path)
-    remote.run(["chmod", "0644", "--", path])
-    return True
+        current = remote.read_file(make_conf) or ""
+        files[make_conf] = merge_make_conf(current, legacy_make_conf_block(uris, repos), make_conf)
+    return [path for path, text in files.items() if remote.replace_file(path, text)]
 
 
 # --- how the instance reaches the binhost ---------------------------------

@@ -9,19 +9,16 @@ sigil) is a ``ConfigError`` naming where it came from, never a broken config.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from ..config import BinhostConfig
 from ..errors import ConfigError
+from ..run.base import Target
+from ..templating import check_value, render
 from .facts import BinhostFacts, RepoFacts
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 FILES = {
     "rsyncd.conf": "rsyncd.conf.j2",
     "nginx-binhost.conf": "nginx-binhost.conf.j2",
@@ -29,12 +26,13 @@ FILES = {
 }
 MAX_CONNECTIONS = 32
 RSYNC_TIMEOUT_S = 600  # rsync's I/O timeout: a stalled client frees its slot
+SETTINGS = {"address": "binhost.serve.listen_address", "hosts_allow": "binhost.serve.hosts_allow",
+            "repos": "binhost.repos", "url_path": "binhost.serve.url_path", "pkgdir": "PKGDIR (binhost facts)"}
 
 REPO_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_-]*")  # PMS 3.1.5, also a safe rsync module name
 HOST_RE = re.compile(r"[A-Za-z0-9.:_-]+")
 HOST_PATTERN_RE = re.compile(r"[A-Za-z0-9.:/*?_\[\]-]+")  # rsyncd "hosts allow": address, CIDR, wildcard name
 URL_PATH_RE = re.compile(r"(/[A-Za-z0-9._~+-]+)+")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 WEB_UNSAFE = set('"\\$*?[]')  # quote/escape/variable characters, and Apache <Directory> wildcards
 
 
@@ -67,8 +65,7 @@ def render_exposure(cfg: BinhostConfig, facts: BinhostFacts, *, pid_file: Path |
         "url_path": url_path(cfg.serve.url_path),
         "pkgdir": pkgdir,
     }
-    env = _environment()
-    return {name: env.get_template(template).render(values) for name, template in FILES.items()}
+    return {name: render(template, values, settings=SETTINGS) for name, template in FILES.items()}
 
 
 def published_repos(cfg: BinhostConfig, facts: BinhostFacts) -> list[RepoFacts]:
@@ -134,58 +131,15 @@ def web_path(value: str, key: str) -> str:
 
 
 def _plain_path(value: str, key: str) -> None:
-    if CONTROL_RE.search(value):
-        raise ConfigError(f"{key}: {value!r} contains a newline or control character")
+    check_value(value, key)
     if value != value.strip() or not value.startswith("/"):
         raise ConfigError(f"{key}: expected an absolute path without surrounding blanks, got {value!r}")
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters["rsync"] = lambda value: str(value).replace("%", "%%")
-    env.filters["quoted"] = lambda value: f'"{value}"'
-    return env
+def write_rendered(files: dict[str, str], out_dir: Path, target: Target) -> list[str]:
+    """Replace each file whose content differs (``Target.replace_file``); return the names that changed.
 
-
-def write_rendered(files: dict[str, str], out_dir: Path) -> list[str]:
-    """Write each file whose content differs; return the names that changed.
-
-    Each write is atomic (temp file, fsync, rename). The first time a file is
-    replaced, the previous version is kept as ``<name>.orig`` (an admin's
-    hand-written config survives our first run); later replacements keep that
-    original rather than our own older output.
+    The version each replaces is kept as ``.<name>.previous``: a dot file, which
+    Portage skips when a rendered ``clients/<name>/...`` tree is baked into an image.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    changed = []
-    for name, text in files.items():
-        target = out_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = text.encode()
-        if target.is_file() and target.read_bytes() == data:
-            continue
-        orig = out_dir / f"{name}.orig"
-        if target.is_file() and not orig.exists():
-            _atomic_write(orig, target.read_bytes())
-        _atomic_write(target, data)
-        changed.append(name)
-    return changed
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return [name for name, text in files.items() if target.replace_file(out_dir / name, text)]

@@ -7,11 +7,11 @@ rendered configs, so that serving and client updates need no chroot session.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..run.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,7 @@ class BinhostFacts:
         data = {"pkgdir": self.pkgdir, "pkgdir_host": str(self.pkgdir_host),
                 "repos": [{**asdict(r), "host_path": str(r.host_path)} for r in self.repos]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> BinhostFacts:

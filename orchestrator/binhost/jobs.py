@@ -10,7 +10,7 @@ from ..job import JobRun
 from . import clients, signing
 from .clients import saved_facts
 from .serve import serve_forever
-from .session import BuildSystem, build_system, output_dir
+from .system import BuildSystem, build_system, output_dir
 from .stages import OPT_IN, RUNNERS, STAGE_DOCS, STAGES, StageContext
 from .tree import FingerprintStore
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..config import BinhostConfig
 from ..errors import ConfigError, Interrupted, OrchestratorError
+from ..run.files import atomic_write
 from ..signals import held_signals
 from .exposure import published_repos, render_exposure, url_path
 from .facts import BinhostFacts
@@ -111,7 +112,7 @@ def serving(cfg: BinhostConfig, facts: BinhostFacts, work_dir: Path, *, address:
     work_dir.mkdir(parents=True, exist_ok=True)
     config_file, rsync_log, pid_file = work_dir / "rsyncd.conf", work_dir / "rsyncd.log", work_dir / "rsyncd.pid"
     rendered = render_exposure(cfg, facts, pid_file=pid_file, lock_file=work_dir / "rsyncd.lock")
-    config_file.write_text(rendered["rsyncd.conf"])
+    atomic_write(config_file, rendered["rsyncd.conf"])
     _drop_stale_pid_file(pid_file)
     repos = tuple(r.name for r in published_repos(cfg, facts))
     prefix = url_path(serve.url_path)

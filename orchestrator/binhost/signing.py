@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..run.base import Target
+from ..run.files import atomic_write
 
 ULTIMATE = "6"
 KEY_FILE = "signing-key.asc"
@@ -60,7 +61,7 @@ def ensure_trusted(target: Target, home: str, key: SigningKey) -> bool:
 
 def save(key: SigningKey, path) -> None:
     """Kept beside the facts, for instances: ``<fingerprint>`` on the first line, then the key."""
-    path.write_text(f"{key.fingerprint}\n{key.public}")
+    atomic_write(path, f"{key.fingerprint}\n{key.public}")
 
 
 def load(path) -> SigningKey:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..buildenv import BuildSession
 from ..config import human_size
 from ..errors import ConfigError, OrchestratorError
 from ..portage_conf import render_client_configs
@@ -28,7 +29,7 @@ from .clients import planned_uris
 from .exposure import published_repos, render_exposure, write_rendered
 from . import prune as pruning
 from .facts import BinhostFacts, RepoFacts
-from .session import BuildSystem
+from .system import BuildSystem
 from .tree import FingerprintStore, index_state, tree_fingerprint, unreadable_by_others, wrong_owner
 
 STAGES = ("sync", "world", "package", "prune", "index", "publish", "owner", "configs")
@@ -49,6 +50,10 @@ class StageContext:
         self.system.save_facts(self.facts)
 
     @property
+    def session(self) -> BuildSession:
+        return self.system.session
+
+    @property
     def dry(self) -> bool:
         return self.system.target.dry
 
@@ -64,7 +69,7 @@ class StageContext:
 
 def sync(ctx: StageContext) -> str:
     before = {repo.name: ctx.fingerprint(repo, fresh=True) for repo in ctx.facts.repos}
-    ctx.system.script("binhost-sync", stream=True)
+    ctx.session.script("binhost-sync", stream=True)
     if ctx.dry:
         return "would sync every repository with a sync-uri"
     ctx.refresh_facts()  # a first sync creates trees Portage did not list before
@@ -73,10 +78,10 @@ def sync(ctx: StageContext) -> str:
 
 
 def world(ctx: StageContext) -> str:
-    ctx.system.script("binhost-world", *ctx.system.cfg.emerge_options, stream=True)
+    ctx.session.script("binhost-world", *ctx.system.cfg.emerge_options, stream=True)
     if ctx.dry:
         return "would update @world with --buildpkg"
-    built = [m.group(1) for line in ctx.system.log.lines if (m := EMERGING.match(line))]
+    built = [m.group(1) for line in ctx.session.log.lines if (m := EMERGING.match(line))]
     if not built:
         return "nothing to do: @world is up to date"
     return f"built {len(built)}: {_short_list(built)}"
@@ -84,15 +89,15 @@ def world(ctx: StageContext) -> str:
 
 def package(ctx: StageContext) -> str:
     signed = ["--signed"] if ctx.system.cfg.signing.enabled else []
-    found = ctx.system.probe_json("binhost-stale", "--json", *signed)
+    found = ctx.session.probe_json("binhost-stale", "--json", *signed)
     stale = found["stale"]
     if not stale:
         return f"nothing to do: all {found['installed']} installed packages have a current binary package"
     atoms = [entry["atom"] for entry in stale]
-    ctx.system.script("binhost-package", *atoms, stream=True)
+    ctx.session.script("binhost-package", *atoms, stream=True)
     if ctx.dry:
         return f"would quickpkg {len(atoms)} of {found['installed']}: {_short_list(atoms)}"
-    still = ctx.system.probe_json("binhost-stale", "--json", *signed)["stale"]
+    still = ctx.session.probe_json("binhost-stale", "--json", *signed)["stale"]
     if still:
         raise OrchestratorError(f"quickpkg left {len(still)} package(s) without a current binary package: "
                                 f"{_short_list([e['atom'] for e in still])}")
@@ -105,7 +110,7 @@ def index(ctx: StageContext) -> str:
     state = index_state(pkgdir)
     if state.current:
         return f"nothing to do: Packages lists all {state.files} binary packages"
-    ctx.system.script("binhost-index", stream=True)
+    ctx.session.script("binhost-index", stream=True)
     if ctx.dry:
         return f"would rewrite Packages ({state.describe()})"
     after = index_state(pkgdir)
@@ -121,7 +126,7 @@ def prune(ctx: StageContext) -> str:
     """Remove what the policy in prune.py gives up, then rewrite Packages; --dry lists it with the bytes."""
     keep = ctx.system.cfg.keep_binpkgs
     repos = [repo.name for repo in ctx.published()]
-    found = ctx.system.probe_json("binhost-binpkgs", "--json", *[f"--repo={name}" for name in repos])
+    found = ctx.session.probe_json("binhost-binpkgs", "--json", *[f"--repo={name}" for name in repos])
     pkgdir = ctx.facts.pkgdir_host
     doomed = pruning.locate(pkgdir, pruning.plan(found["slots"], keep))
     total = found["binpkgs"]
@@ -155,7 +160,7 @@ def _reindex_leftovers(ctx: StageContext, total: int) -> str:
 
 
 def _rewrite_index(ctx: StageContext):
-    ctx.system.script("binhost-index", stream=True)
+    ctx.session.script("binhost-index", stream=True)
     after = index_state(ctx.facts.pkgdir_host)
     if not after.current:
         raise OrchestratorError(f"{ctx.facts.pkgdir_host}/Packages does not match PKGDIR after pruning and emaint: "
@@ -180,7 +185,7 @@ def publish(ctx: StageContext) -> str:
     ours = [repo for repo in stale if repo not in mirrored]
     for group, args in ((cache_only, ["--keep-timestamp"]), (ours, [])):
         if group:
-            ctx.system.script("binhost-publish", *args, *[repo.name for repo in group], stream=True)
+            ctx.session.script("binhost-publish", *args, *[repo.name for repo in group], stream=True)
     if ctx.dry:
         return f"would publish {', '.join(r.name for r in stale)}"
     for repo in stale:
@@ -245,12 +250,10 @@ def configs(ctx: StageContext) -> str:
         for path, text in render_client_configs(client, repos, uris, verify_signature=cfg.signing.enabled).items():
             files[f"clients/{client.name}/{path.lstrip('/')}"] = text
     out = ctx.system.out_dir
-    if ctx.dry:
-        return f"would render {len(files)} file(s) into {out}"
-    changed = write_rendered(files, out)
+    changed = write_rendered(files, out, ctx.system.run.local())
     if not changed:
         return f"nothing to do: the {len(files)} rendered files in {out} are current"
-    return f"wrote {len(changed)} of {len(files)} into {out}: {_short_list(changed)}"
+    return f"{'would write' if ctx.dry else 'wrote'} {len(changed)} of {len(files)} into {out}: {_short_list(changed)}"
 
 
 RUNNERS: dict[str, Callable[[StageContext], str]] = {

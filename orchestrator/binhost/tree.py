@@ -14,6 +14,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..run.files import atomic_write
+
 BINPKG_SUFFIXES = (".gpkg.tar", ".tbz2", ".xpak")
 
 
@@ -51,9 +53,7 @@ class FingerprintStore:
         data = self._load()
         data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def _load(self) -> dict[str, str]:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Annotated, Literal
 
 from ..errors import ConfigError
 from .validator import MAX_WORKERS, Between, Port
+
+CLIENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it names directories and log files
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class BinhostConfig:
     def check(self, key: str) -> None:
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
+            if not CLIENT_NAME_RE.fullmatch(client.name):
+                raise ConfigError(f"{key}.clients[{i}].name: {client.name!r} is not a name of letters, digits "
+                                  "and . _ - (it names the instance's directory and log files)")
             if client.name in seen:
                 raise ConfigError(f"{key}.clients[{i}].name: {client.name!r} is used twice")
             seen.add(client.name)

@@ -55,7 +55,7 @@ def build_kernels(run: JobRun, image_name: str | None = None) -> None:
         for i, image in chosen:
             plan = Plan(image, f"kernel.images[{i}]", inputs[image.name],
                         session.inside(f"{kcfg.work_dir.rstrip('/')}/{image.name}"))
-            session.system.log_dir = out / "kernels" / "logs" / image.name
+            session.log_dir = out / "kernels" / "logs" / image.name
             _build_image(run, session, plan, artifacts.image_dir(out, image.name))
 
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..binhost.session import SCRIPTS_DIR
+from ..buildenv import SCRIPTS_DIR
 from ..config import ImageConfig, KernelConfig
 from ..errors import ConfigError
 from .ec2check import parse_config

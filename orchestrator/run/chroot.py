@@ -44,6 +44,7 @@ LEFTOVER_GRACE_S = 2.0
 MOUNTPOINTS = ("proc", "sys", "dev", "run")
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 SAVED_RESOLV_CONF = ".resolv.conf.orchestrator-saved"
+MAX_SYMLINKS = 40  # as the kernel's ELOOP limit
 _CD_THEN_EXEC = 'cd -- "$1" || exit; shift; exec "$@"'
 _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: no dlopen between fork and exec
@@ -178,6 +179,25 @@ class ChrootTarget(LocalTarget):
         result.argv = argv
         return result
 
+    # --- files: paths inside the chroot, read and written from the build box ---
+
+    def host_path(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def _resolve(self, path: str) -> str:
+        """Symlinks resolved as the chroot sees them: an absolute link points into the chroot, not the host."""
+        return self._as_seen(str(resolve_in_root(self.root, path)))
+
+    def _as_seen(self, host_path: str) -> str:
+        relative = os.path.relpath(host_path, self.root)
+        return "/" if relative == "." else "/" + relative
+
+    def _scratch_parent(self) -> str:
+        tmp = self.host_path(self._resolve("/tmp"))
+        if not os.path.isdir(tmp):
+            raise OrchestratorError(f"{self.describe()}: no /tmp directory inside the chroot for a validation copy")
+        return tmp
+
     def _stop_leftovers(self) -> None:
         """Name what still runs inside the chroot; end ours (TERM, grace, KILL)."""
         holder = self._holder
@@ -215,6 +235,35 @@ def checked_root(root: str | os.PathLike, *, need_etc: bool = False) -> Path:
     if need_etc and ((resolved / "etc").is_symlink() or not (resolved / "etc").is_dir()):
         raise ConfigError(f"chroot root {path}: etc is missing or a symlink; cannot place resolv.conf")
     return resolved
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """The host path of ``path`` as a process chrooted into ``root`` would open it.
+
+    Each symlink on the way is read and followed relative to ``root`` (an
+    absolute target starts again at ``root``), and ``..`` never climbs above
+    it, so no link inside the chroot can lead a write to a host file.
+    Components that do not exist yet are kept as they are.
+    """
+    parts = list(reversed(PurePosixPath(path).parts[1:]))
+    current, links = root, 0
+    while parts:
+        part = parts.pop()
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if not candidate.is_symlink():
+            current = candidate
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OrchestratorError(f"chroot {root}: too many levels of symbolic links in {path}")
+        target = PurePosixPath(os.readlink(candidate))
+        if target.is_absolute():
+            current, target = root, target.relative_to("/")
+        parts.extend(reversed(target.parts))
+    return current
 
 
 def _checked_binds(root: Path, binds) -> list[tuple[Path, Path]]:
@@ -487,4 +536,4 @@ def _lexists(name: str, dir_fd: int) -> bool:
     return True
 
 
-__all__ = ["ChrootProcess", "ChrootTarget", "checked_root", "processes_inside", "terminate"]
+__all__ = ["ChrootProcess", "ChrootTarget", "checked_root", "processes_inside", "resolve_in_root", "terminate"]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import select
+import stat
 import subprocess
+import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-
-from ..errors import CommandError
+from ..errors import CommandError, OrchestratorError
 from .base import Result, Target
+from .files import FileMeta, atomic_write
 
 STREAM_TAIL_LINES = 200
 POLL_S = 0.2
@@ -110,6 +115,51 @@ class LocalTarget(Target):
     def _line(self, line: str, tail: deque) -> None:
         self.echo(line)
         tail.append(line)
+
+
+    # --- files: plain paths on this box (ChrootTarget maps them into its root) ---
+
+    def host_path(self, path: str) -> str:
+        """Where ``path`` (as this target names it) is on the build box."""
+        return path
+
+    def _resolve(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def _read_bytes(self, path: str) -> bytes | None:
+        try:
+            with open(self.host_path(path), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OrchestratorError(f"{self.describe()}: cannot read {path}: {exc.strerror}") from None
+
+    def _meta(self, path: str) -> FileMeta:
+        st = os.stat(self.host_path(path))
+        return FileMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+    def _make_parents(self, path: str) -> None:
+        os.makedirs(self.host_path(posixpath.dirname(path)), mode=0o755, exist_ok=True)
+
+    def _put_atomically(self, path: str, data: bytes, meta: FileMeta) -> None:
+        atomic_write(self.host_path(path), data, mode=meta.mode, uid=meta.uid, gid=meta.gid)
+
+    @contextmanager
+    def _scratch_copy(self, path: str, data: bytes) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="orchestrator-check-", dir=self._scratch_parent()) as scratch:
+            copy = os.path.join(scratch, posixpath.basename(path))
+            with open(copy, "wb") as handle:
+                handle.write(data)
+            yield self._as_seen(copy)
+
+    def _scratch_parent(self) -> str | None:
+        """Where validation copies go on the build box (None: the system's temp directory)."""
+        return None
+
+    def _as_seen(self, host_path: str) -> str:
+        """A build-box path as commands run by this target see it."""
+        return host_path
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -11,6 +11,7 @@ import re
 import select
 import shlex
 import socket
+import stat
 import tempfile
 import threading
 import uuid
@@ -24,7 +25,9 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 
 from ..errors import CommandError, ConfigError, OrchestratorError
+from ..faults import crash_point
 from .base import Result, Target
+from .files import WRITE_CHUNK, FileMeta
 from .local import STREAM_TAIL_LINES
 
 STDIN_CHUNK = 256 * 1024
@@ -245,6 +248,70 @@ class RemoteTarget(Target):
             except BaseException:
                 _quietly(os.unlink, partial)
                 raise
+
+    # --- files: SFTP for the bytes, coreutils' sync for durability (paramiko has no fsync) ---
+
+    def _resolve(self, path: str) -> str:
+        with self._ssh_errors(f"look up {path}"):
+            sftp = self.connection.sftp()
+            try:
+                linked = stat.S_ISLNK(sftp.lstat(path).st_mode)
+            except FileNotFoundError:
+                return path
+            return sftp.normalize(path) if linked else path
+
+    def _read_bytes(self, path: str) -> bytes | None:
+        with self._ssh_errors(f"read {path}"):
+            try:
+                with self.connection.sftp().open(path, "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError:
+                return None
+
+    def _meta(self, path: str) -> FileMeta:
+        with self._ssh_errors(f"stat {path}"):
+            st = self.connection.sftp().stat(path)
+        return FileMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+    def _make_parents(self, path: str) -> None:
+        self.run(["mkdir", "-p", "--", posixpath.dirname(path)])
+
+    def _put_atomically(self, path: str, data: bytes, meta: FileMeta) -> None:
+        directory, name = posixpath.split(path)
+        partial = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with self._ssh_errors(f"write {path}"):
+            sftp = self.connection.sftp()
+            try:
+                self._upload(sftp, partial, data, meta)
+                self.run(["sync", "--", partial])
+                crash_point("file-written")
+                sftp.posix_rename(partial, path)
+            except BaseException:
+                _quietly(sftp.remove, partial)
+                raise
+        crash_point("file-replaced")
+        self.run(["sync", "--", directory])
+
+    @staticmethod
+    def _upload(sftp, path: str, data: bytes, meta: FileMeta) -> None:
+        with sftp.open(path, "wx") as handle:
+            for start in range(0, len(data), WRITE_CHUNK):
+                handle.write(data[start:start + WRITE_CHUNK])
+                crash_point("file-writing")
+            handle.chmod(meta.mode)
+            if meta.uid != -1:
+                handle.chown(meta.uid, meta.gid)
+
+    @contextmanager
+    def _scratch_copy(self, path: str, data: bytes) -> Iterator[str]:
+        scratch = self.run(["mktemp", "-d"], mutates=False).stdout.strip()
+        try:
+            copy = posixpath.join(scratch, posixpath.basename(path))
+            with self._ssh_errors(f"write {copy}"):
+                self._upload(self.connection.sftp(), copy, data, FileMeta(0o600, -1, -1))
+            yield copy
+        finally:
+            self.run(["rm", "-rf", "--", scratch], check=False, mutates=False)
 
     @contextmanager
     def forward_remote(

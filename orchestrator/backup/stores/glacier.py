@@ -48,7 +48,7 @@ from ...errors import ConfigError, NotReadyError, OrchestratorError
 from .. import metadata
 from ..retry import CorruptRangeError, verified_read
 from ..treehash import MIB, TreeHasher, combine
-from .aws import aws_error, client
+from .access import client, store_error
 from .base import ARCHIVE_JOURNAL_PREFIX, RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store, UploadJournal
 
 GIB = 1024 * MIB
@@ -186,9 +186,9 @@ class GlacierVaultStore(Store):
         except botocore.exceptions.ClientError as exc:
             if missing_ok and exc.response.get("Error", {}).get("Code") in NOT_FOUND:
                 return None
-            raise aws_error(exc, f"{self.name}: {what}") from None
+            raise store_error(exc, f"{self.name}: {what}") from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise aws_error(exc, f"{self.name}: {what}") from None
+            raise store_error(exc, f"{self.name}: {what}") from None
 
     # vault ---------------------------------------------------------------------------------
     def ensure(self) -> None:
@@ -285,9 +285,9 @@ class GlacierVaultStore(Store):
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in NOT_FOUND:
                 return None
-            raise aws_error(exc, f"{self.name}: list parts of upload {_short(upload_id)}") from None
+            raise store_error(exc, f"{self.name}: list parts of upload {_short(upload_id)}") from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise aws_error(exc, f"{self.name}: list parts of upload {_short(upload_id)}") from None
+            raise store_error(exc, f"{self.name}: list parts of upload {_short(upload_id)}") from None
         parts = {}
         for page in pages:
             for part in page.get("Parts") or []:

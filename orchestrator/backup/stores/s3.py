@@ -73,7 +73,7 @@ from .. import metadata
 from ..layout import PART_DIGITS
 from ..retry import CorruptRangeError
 from ..treehash import TreeHasher
-from . import aws
+from .access import client as store_client, store_error
 from .base import RETRIEVAL_HOURS, ArchiveInfo, Retrieval, Store
 
 DEFAULT_PART_SIZE = 16 * MIB
@@ -98,13 +98,6 @@ def _component(text: str) -> str:
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
-def _one_line(err: OrchestratorError) -> OrchestratorError:
-    text = " ".join(str(err).split())
-    if text == str(err):
-        return err
-    return type(err)(aws.scrub(text))
-
-
 class S3Store(Store):
     def __init__(self, cfg: StoreConfig, client=None):
         """``cfg`` is validated already (StoreConfig.check): the bucket name, part size and tier."""
@@ -117,7 +110,7 @@ class S3Store(Store):
         self.metadata_class = "STANDARD"
         self.part_size = int(cfg.part_size) or DEFAULT_PART_SIZE
         self.workers = max(1, cfg.upload_workers)
-        self.client = client if client is not None else aws.client("s3", cfg)
+        self.client = client if client is not None else store_client("s3", cfg)
 
     @classmethod
     def from_config(cls, cfg: StoreConfig) -> "S3Store":
@@ -144,7 +137,7 @@ class S3Store(Store):
             if code in ("403", "Forbidden") or (status == 403 and code.isdigit()):
                 return OrchestratorError(f"{what}: AWS refused access (403 Forbidden): check the credentials "
                                          "and the IAM policy for this bucket")
-        return _one_line(aws.aws_error(exc, what))
+        return store_error(exc, what)
 
     @staticmethod
     def _code(exc: Exception) -> str:

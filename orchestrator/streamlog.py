@@ -1,4 +1,4 @@
-"""Long command output (emerge) kept whole in a log file, with the notable lines shown as progress."""
+"""Long command output (emerge, make) kept whole in a log file, with the notable lines shown as progress."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..job import JobRun
+from .job import JobRun
 
 
 class StreamLog:
