@@ -17,8 +17,8 @@ new kernel that panics reboots by itself into the old default.
 
 from __future__ import annotations
 
-from orchestrator.bootcfg import grubenv, menulst
-from orchestrator.bootcfg.text import BootConfigError
+from orchestrator.bootcfg import cmdline, grubcfg, grubenv, menulst
+from orchestrator.bootcfg.text import BootConfigError, join_lines, split_lines, words
 
 GRUBENV = "/boot/grub/grubenv"
 MENU_LST = "/boot/grub/menu.lst"
@@ -126,3 +126,30 @@ def legacy_saved_default(text: str) -> int | None:
     """The entry number ``/boot/grub/default`` holds (its first line), ``None`` when it holds none."""
     first = text.split("\n", 1)[0].strip()
     return int(first) if first.isdigit() else None
+
+
+def grub2_find_entry(cfg_text: str, title: str, name: str = "/boot/grub/grub.cfg") -> str | None:
+    """The ``next_entry`` path (ids where grub-mkconfig gave them) of the entry titled ``title``, if grub.cfg has it."""
+    found = [entry.path for entry in grubcfg.menu_entries(cfg_text, name) if entry.title == title]
+    return found[0] if found else None
+
+
+def grub2_panic_on_entry(cfg_text: str, path: str, seconds: int, name: str = "/boot/grub/grub.cfg") -> str:
+    """grub.cfg with ``panic=N`` on the ``linux`` line of the entry at ``path`` only; every other byte kept.
+
+    grub-mkconfig gives every entry the same ``GRUB_CMDLINE_LINUX``, so the
+    parameter goes onto the generated file: only the kernel on trial reboots by
+    itself after a panic. The next grub-mkconfig drops it, which is right once
+    the kernel was promoted.
+    """
+    key, value = panic_param(seconds)
+    lines = {line.number: line for line in split_lines(cfg_text)}
+    hits = [opened for entry, opened in grubcfg._walk(cfg_text, name) if entry.path == path and opened.linux]
+    if not hits:
+        raise BootConfigError(f"{name}: no entry {path!r} with a linux line")
+    for opened in hits:
+        line = opened.linux
+        ws = words(line.body)
+        start = ws[1].end() if len(ws) > 1 else len(line.body)
+        lines[line.number] = line.with_body(line.body[:start] + cmdline.set_params(line.body[start:], {key: value}))
+    return join_lines(list(lines.values()))
