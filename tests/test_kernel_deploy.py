@@ -233,3 +233,23 @@ def test_bad_input_is_one_line(sshd, lab, tmp_path):
     assert "\n" not in str(info.value)
     assert (root / "boot/grub/grubenv").read_text() == "garbage"
     assert {k: v for k, v in tree(root).items() if "grub" in k} == {k: v for k, v in before.items() if "grub" in k}
+
+
+def test_rollback_puts_the_old_default_back_and_removes_the_new_kernel(sshd, lab):
+    from orchestrator.kernel.rollback import rollback_host
+
+    out, root = lab
+    before = tree(root)
+    do_deploy(sshd, root, out)
+    run = Run()
+    with target_for(sshd, run) as target:
+        result = rollback_host(run, target, str(root), settings().staging_dir, "web1")
+        assert result["kernel_removed"] == NEW
+        with pytest.raises(OrchestratorError, match=r"^web1: nothing to roll back"):
+            rollback_host(run, target, str(root), settings().staging_dir, "web1")
+    after = tree(root)
+    for path, data in before.items():
+        if path != "boot/grub/grubenv":  # it holds the old default pinned (deploy's first edit), see below
+            assert after.get(path) == data, path
+    assert not (root / f"boot/vmlinuz-{NEW}").exists() and not (root / f"lib/modules/{NEW}").exists()
+    assert env_of(root) == {"saved_entry": "gnulinux-advanced-x>gnulinux-6.1.0-old-advanced-x"}

@@ -30,14 +30,6 @@ from ..faults import crash_point
 from ..run import Target
 from . import artifacts
 
-#: Crash points of a deploy, in order (tests kill a real run at each).
-KERNEL_DEPLOY_POINTS = (
-    "deploy-uploaded",           # the verified set is in the staging dir, nothing installed
-    "deploy-modules-installed",  # lib/modules/<new> in place, no boot file yet
-    "deploy-boot-installed",     # /boot holds the new kernel's files, no boot config changed
-    "deploy-bootcfg-written",    # boot config (renames, new entry) written, the one-shot not armed
-    "deploy-armed",              # the one-shot is armed (state file not yet written)
-)
 MODULES_MARKER = ".gentoo-ec2-orchestrator.sha256"
 # artifact name -> name in /boot (format string on the release); vmlinuz last, see the module docstring
 BOOT_FILES = (("System.map", "System.map-{}"), ("config", "config-{}"), ("initramfs.img", "initramfs-{}.img"),
