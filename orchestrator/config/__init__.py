@@ -10,7 +10,7 @@ Rooms:
 
 * ``validator``: the validator (``_build``/``_coerce``) and the value types
   (``Size``, ``Port``, ``Cidr``, ``Between`` ranges), ``human_size``;
-* one module per section: ``general`` (``orchestrator``), ``backup``, ``binhost``;
+* one module per section: ``general`` (``orchestrator``), ``backup``, ``binhost``, ``fleet``;
   each section class checks its own cross-field rules in ``check(key)``;
 * ``sections``: the registry of our sections, their defaults for invoke, loading one;
 * ``strict``: the one layer that checks the whole merged config before a job;
@@ -33,6 +33,7 @@ from .backup import (
 )
 from .binhost import BinhostConfig, ClientConfig, ServeConfig, SigningConfig
 from .files import StrictConfig, adopt
+from .fleet import FleetConfig, HostConfig
 from .general import GeneralConfig
 from .sections import SECTIONS, check_store, defaults, from_invoke, load_section
 from .strict import check_config
@@ -54,7 +55,7 @@ from .validator import (
 __all__ = [
     "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "EncryptionConfig",
-    "GeneralConfig", "HookConfig", "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig",
+    "FleetConfig", "GeneralConfig", "HookConfig", "HostConfig", "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig",
     "Size", "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
     "defaults", "from_invoke", "human_size", "load_section", "plain",
 ]

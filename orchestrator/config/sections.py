@@ -8,6 +8,7 @@ from typing import Any
 
 from .backup import BackupConfig, StoreConfig
 from .binhost import BinhostConfig
+from .fleet import FleetConfig
 from .general import GeneralConfig
 from .validator import _build, plain
 
@@ -15,6 +16,7 @@ SECTIONS: dict[str, type] = {
     "orchestrator": GeneralConfig,
     "backup": BackupConfig,
     "binhost": BinhostConfig,
+    "fleet": FleetConfig,
 }
 
 

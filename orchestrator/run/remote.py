@@ -104,6 +104,10 @@ class RemoteTarget(Target):
 
     ``known_hosts=None`` accepts any host key (fabric's default, fit for fresh EC2
     instances); a path makes the check strict: the host must be listed there.
+    ``command_timeout`` is the timeout of a ``run`` that gives none (None: no limit).
+
+    Every command can be killed on the host (see ``killable_command``): after a
+    timeout, on Ctrl-C or SIGTERM, and on ``abort()`` from another thread.
     """
 
     def __init__(
@@ -117,8 +121,10 @@ class RemoteTarget(Target):
         known_hosts: str | os.PathLike | None = None,
         dry: bool = False,
         echo: Callable[[str], None] | None = None,
+        command_timeout: float | None = None,
     ):
         super().__init__(dry=dry, echo=echo)
+        self.command_timeout = command_timeout
         self.host = host
         self.user = user
         self.port = int(port)
@@ -257,6 +263,7 @@ class RemoteTarget(Target):
         return " ".join(str(part) for part in (exc.strerror or exc, exc.filename or "") if part)
 
     def _execute(self, argv, *, input, env, cwd, timeout, stream) -> Result:
+        timeout = self.command_timeout if timeout is None else timeout
         token = uuid.uuid4().hex[:16]
         command = killable_command(remote_command(argv, env=env, cwd=cwd), token)
         sink = _StreamEcho(self.echo) if stream else None
