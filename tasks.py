@@ -125,7 +125,7 @@ def build_kernel(c, image=None):
     run_task(c, "build-kernel", lambda run: kernel_build.build_kernels(run, image))
 
 
-@task(name="deploy-kernel", help={
+@task(name="deploy-kernel", positional=["host"], help={
     "host": "host names or @groups from fleet.hosts, comma-separated (web1,web2 or @web)", "image": "the image (default: the only one)",
     "version": "a release built by build-kernel (default: latest)", "reboot": "reboot, check, then promote",
     "no_snapshot": "skip the EBS snapshot of the root volume", "dry": "print every command, diff and AWS call"})
