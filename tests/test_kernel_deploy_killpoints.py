@@ -19,7 +19,8 @@ import pytest
 from deploy_lab import OLD, make_root, publish_set
 from orchestrator.bootcfg.grubenv import parse_grubenv
 from orchestrator.faults import ENV, KERNEL_DEPLOY_POINTS
-from test_kernel_deploy import NEW, sshd  # noqa: F401  (the module's sshd fixture)
+from sshd import running_sshd
+from test_kernel_deploy import NEW
 
 CHILD = """
 import sys, json
@@ -31,6 +32,12 @@ from pathlib import Path
 run, outcome = do_deploy(server, Path({root!r}), Path({out!r}))
 print(outcome.status)
 """
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def run_child(sshd, root, out, crash=""):
@@ -59,7 +66,7 @@ def assert_old_bootable(root):
 
 
 @pytest.mark.parametrize("point", KERNEL_DEPLOY_POINTS)
-def test_kill_at_each_point_leaves_the_old_kernel_bootable_and_a_rerun_completes(sshd, tmp_path, point):  # noqa: F811
+def test_kill_at_each_point_leaves_the_old_kernel_bootable_and_a_rerun_completes(sshd, tmp_path, point):
     out = tmp_path / "out"
     publish_set(out, "web", NEW, tmp_path)
     root = make_root(tmp_path / "root")
