@@ -7,6 +7,7 @@ from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.job import run_task
 from orchestrator.kernel import build as kernel_build
+from orchestrator.kernel import deploy_jobs
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
 # (a syntax error is "file:line: problem" and exit 2, not a traceback).
@@ -124,8 +125,37 @@ def build_kernel(c, image=None):
     run_task(c, "build-kernel", lambda run: kernel_build.build_kernels(run, image))
 
 
+@task(name="deploy-kernel", positional=["host"], help={
+    "host": "host names or @groups from fleet.hosts, comma-separated (web1,web2 or @web)", "image": "the image (default: the only one)",
+    "version": "a release built by build-kernel (default: latest)", "reboot": "reboot, check, then promote",
+    "no_snapshot": "skip the EBS snapshot of the root volume", "dry": "print every command, diff and AWS call"})
+def deploy_kernel(c, host=None, image=None, version="", reboot=False, no_snapshot=False, dry=False):
+    """Install a built kernel on hosts and arm it for one boot; with --reboot, prove it booted and make it the default.
+
+    Exit 0: every host proven on the new kernel; 75: installed and armed, not proven booted; 1: a host failed.
+    """
+    c.config.run.dry = dry or c.config.run.dry
+    run_task(c, "deploy-kernel", lambda run: deploy_jobs.deploy_kernels(
+        run, [h for h in (host or "").split(",") if h], image=image, version=version, reboot=reboot, no_snapshot=no_snapshot))
+
+
+@task(name="rollback-kernel", help={"host": "one host from fleet.hosts", "dry": "print, change nothing"})
+def rollback_kernel(c, host, dry=False):
+    """Put the previous kernel's boot config back and remove the deployed kernel (unless it is running)."""
+    c.config.run.dry = dry or c.config.run.dry
+    run_task(c, "rollback-kernel", lambda run: deploy_jobs.rollback_kernel(run, host))
+
+
+@task(name="bootcfg", help={"host": "one host from fleet.hosts", "root": "a local directory instead (an image)",
+                            "to": "uuid, xvd or nvme", "dry": "print the diffs, change nothing"})
+def bootcfg(c, host=None, root=None, to="", dry=False):
+    """Rewrite device names in fstab and the boot loader config (validated, atomic, previous kept)."""
+    c.config.run.dry = dry or c.config.run.dry
+    run_task(c, "bootcfg", lambda run: deploy_jobs.bootcfg(run, host, root, to))
+
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel, bootcfg)
 ns.configure(config.defaults())

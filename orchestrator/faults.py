@@ -46,6 +46,14 @@ KERNEL_POINTS = (
     "kernel-published",           # the set and `latest` are in place
 )
 
+KERNEL_DEPLOY_POINTS = (
+    "deploy-uploaded",           # the verified set is in the host's staging dir, nothing installed
+    "deploy-modules-installed",  # lib/modules/<new> in place, no boot file yet
+    "deploy-boot-installed",     # /boot holds the new kernel's files, no boot config changed
+    "deploy-bootcfg-written",    # boot config (renames, new entry, old default pinned) written, not armed
+    "deploy-armed",              # the one-shot is armed, the host's state file not yet written
+)
+
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

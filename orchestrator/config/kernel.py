@@ -112,6 +112,35 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """Key ``kernel.deploy``: how ``inv deploy-kernel`` installs a kernel on a host and boots it once.
+
+    ``staging_dir``: where the artifacts are uploaded and verified on the host
+    (under the host's ``fleet.hosts[].root``). ``panic_seconds``: ``panic=N`` on
+    the new entry only, so a new kernel that panics reboots into the old default.
+    ``boot_timeout``: seconds for a rebooted host to answer SSH again.
+    ``root_to``: device names rewritten in fstab and the boot loader before the
+    new kernel is armed (``keep``: left as they are). ``keep_kernels``: kernels
+    kept in /boot besides the running and the new one; older ones installed by
+    deploy are removed. ``snapshot``: an EBS snapshot of the root volume first.
+    """
+
+    staging_dir: str = "/var/tmp/gentoo-ec2-orchestrator/deploy"
+    panic_seconds: Annotated[int, Between(1, 3600)] = 10
+    boot_timeout: Annotated[int, Between(1)] = 600
+    reboot_command: list[str] = field(default_factory=lambda: ["reboot"])
+    root_to: Literal["keep", "uuid", "xvd", "nvme"] = "keep"
+    keep_kernels: Annotated[int, Between(1, 20)] = 2
+    snapshot: bool = True
+
+    def check(self, key: str) -> None:
+        if not self.staging_dir.startswith("/") or "/../" in f"{self.staging_dir}/":
+            raise ConfigError(f"{key}.staging_dir: must be an absolute path on the host, got {self.staging_dir!r}")
+        if not self.reboot_command or not all(isinstance(w, str) and w for w in self.reboot_command):
+            raise ConfigError(f"{key}.reboot_command: must be a non-empty argv list like [\"reboot\"]")
+
+
+@dataclass(frozen=True)
 class KernelConfig:
     """Key ``kernel``: images, where their config files are, where artifacts go."""
 
@@ -120,6 +149,7 @@ class KernelConfig:
     output_dir: Path | None = None  # artifacts in <output_dir>/kernels/<image>/<version>/; default state_dir
     work_dir: str = "/var/tmp/gentoo-ec2-orchestrator/kernel"  # inside the build system: sources' build dirs
     timeout: Annotated[int, Between(1)] = 6 * 3600  # seconds for one step (a whole kernel build)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def check(self, key: str) -> None:
         seen: set[str] = set()

@@ -8,6 +8,8 @@ from typing import Any
 
 from .backup import BackupConfig, StoreConfig
 from .binhost import BinhostConfig
+from .ec2 import Ec2Config
+from .fleet import FleetConfig
 from .general import GeneralConfig
 from .kernel import KernelConfig
 from .validator import _build, plain
@@ -17,6 +19,8 @@ SECTIONS: dict[str, type] = {
     "backup": BackupConfig,
     "binhost": BinhostConfig,
     "kernel": KernelConfig,
+    "ec2": Ec2Config,
+    "fleet": FleetConfig,
 }
 
 

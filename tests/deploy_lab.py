@@ -1,0 +1,130 @@
+"""A small published kernel set and an "instance root" directory, for deploy tests.
+
+A real reboot cannot happen here: ``fake_reboot`` is a script that plays GRUB on
+the instance root (boots ``next_entry`` once and clears it, else ``saved_entry``)
+by writing that entry's kernel version to ``<root>/proc/sys/kernel/osrelease``
+and a new boot id: the nearest thing to a reboot a test root has.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+from orchestrator.bootcfg.grubenv import new_grubenv
+from orchestrator.kernel import artifacts
+
+OLD = "6.1.0-old"
+DISTRO = "Gentoo"
+
+GRUB_CFG = """set default="${saved_entry}"
+if [ -s $prefix/grubenv ]; then load_env; fi
+if [ "${next_entry}" ]; then
+  set default="${next_entry}"
+  set next_entry=
+  save_env next_entry
+fi
+menuentry 'Gentoo GNU/Linux' --class gentoo $menuentry_id_option 'gnulinux-simple-x' {
+  linux /boot/vmlinuz-6.1.0-old root=/dev/sda1 ro
+}
+submenu 'Advanced options for Gentoo GNU/Linux' $menuentry_id_option 'gnulinux-advanced-x' {
+  menuentry 'Gentoo GNU/Linux, with Linux 6.1.0-old' $menuentry_id_option 'gnulinux-6.1.0-old-advanced-x' {
+    linux /boot/vmlinuz-6.1.0-old root=/dev/sda1 ro
+    initrd /boot/initramfs-6.1.0-old.img
+  }
+}
+"""
+MENU_LST = """default 0
+timeout 3
+
+title Gentoo Linux 6.1.0-old
+root (hd0)
+kernel /boot/vmlinuz-6.1.0-old root=/dev/sda1 rootfstype=ext4
+initrd /boot/initramfs-6.1.0-old.img
+"""
+FSTAB = "# <fs> <mountpoint> <type> <opts> <dump/pass>\n/dev/sda1\t/\text4\tnoatime\t0 1\n"
+DEFAULT_GRUB = 'GRUB_DISTRIBUTOR="Gentoo"\nGRUB_CMDLINE_LINUX="console=ttyS0"\n'
+
+
+def publish_set(output_dir: Path, image: str, release: str, tmp: Path, salt: str = "") -> Path:
+    """A set as build-kernel publishes it: small files, a modules tarball with two modules."""
+    stage = tmp / f"stage-{release}-{uuid.uuid4().hex[:6]}"
+    (stage / "boot").mkdir(parents=True)
+    for name in ("vmlinuz", "initramfs.img", "System.map", "config"):
+        (stage / "boot" / name).write_bytes(f"{name} of {release}{salt}\n".encode() * 2000)
+    mods = stage / "lib" / "modules" / release / "kernel" / "drivers"
+    mods.mkdir(parents=True)
+    (mods / "ena.ko").write_text(f"ena {release}{salt}\n")
+    (mods.parent.parent / "modules.dep").write_text("kernel/drivers/ena.ko:\n")
+
+    def pack(dest: Path) -> None:
+        subprocess.run(["tar", "--zstd", "-c", "-f", str(dest), "--owner=0", "--group=0", "-C", str(stage),
+                        f"lib/modules/{release}"], check=True)
+
+    return artifacts.publish(artifacts.image_dir(output_dir, image), release, stage,
+                             {"image": image, "release": release, "fingerprint": release + salt}, pack)
+
+
+def make_root(root: Path, loader: str = "grub2", running: str = OLD) -> Path:
+    """An instance root: /boot with the old kernel, its modules, boot config, /proc's kernel version and boot id."""
+    (root / "boot" / "grub").mkdir(parents=True)
+    for name in (f"vmlinuz-{running}", f"initramfs-{running}.img", f"System.map-{running}", f"config-{running}"):
+        (root / "boot" / name).write_text(f"{name}\n")
+    (root / "lib" / "modules" / running / "kernel").mkdir(parents=True)
+    (root / "lib" / "modules" / running / "modules.dep").write_text("\n")
+    (root / "etc").mkdir()
+    (root / "etc" / "fstab").write_text(FSTAB)
+    if loader == "grub2":
+        (root / "boot" / "grub" / "grub.cfg").write_text(GRUB_CFG)
+        (root / "boot" / "grub" / "grubenv").write_text(new_grubenv())
+        (root / "etc" / "default").mkdir()
+        (root / "etc" / "default" / "grub").write_text(DEFAULT_GRUB)
+    else:
+        (root / "boot" / "grub" / "menu.lst").write_text(MENU_LST)
+    (root / "proc" / "sys" / "kernel" / "random").mkdir(parents=True)
+    (root / "proc" / "sys" / "kernel" / "osrelease").write_text(running + "\n")
+    (root / "proc" / "sys" / "kernel" / "random" / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+    return root
+
+
+FAKE_REBOOT = r'''#!/usr/bin/env python3
+"""Play GRUB 2 on an instance root: boot next_entry once (and clear it), else saved_entry."""
+import re, sys, uuid
+sys.path.insert(0, sys.argv[2])
+from orchestrator.bootcfg.grubenv import edit_grubenv, parse_grubenv
+root = sys.argv[1]
+env_path = root + "/boot/grub/grubenv"
+text = open(env_path).read()
+values = parse_grubenv(text)
+entry = values.get("next_entry") or values.get("saved_entry", "")
+if values.get("next_entry"):
+    open(env_path, "w").write(edit_grubenv(text, "grubenv", {"next_entry": ""}))
+m = re.search(r"(?:with Linux |gnulinux-)([^>']+?)(?:-advanced-x)?$", entry)
+booted = m[1] if m else "unknown"
+if len(sys.argv) > 3 and sys.argv[3] == "panics" and booted != sys.argv[4]:
+    pass
+elif len(sys.argv) > 3 and sys.argv[3] == "panics":
+    # the new kernel panics: panic=N reboots it, GRUB boots the default (next_entry is spent)
+    booted = re.search(r"(?:with Linux |gnulinux-)([^>']+?)(?:-advanced-x)?$", values["saved_entry"])[1]
+open(root + "/proc/sys/kernel/osrelease", "w").write(booted + "\n")
+open(root + "/proc/sys/kernel/random/boot_id", "w").write(str(uuid.uuid4()) + "\n")
+'''
+
+
+def fake_reboot(tmp: Path) -> Path:
+    path = tmp / "fake-reboot"
+    path.write_text(FAKE_REBOOT)
+    path.chmod(0o755)
+    return path
+
+
+def repo_dir() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root (relative path -> bytes), to compare before and after."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and not os.path.islink(p)}
