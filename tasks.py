@@ -6,6 +6,7 @@ from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.job import run_task
+from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
@@ -124,8 +125,27 @@ def build_kernel(c, image=None):
     run_task(c, "build-kernel", lambda run: kernel_build.build_kernels(run, image))
 
 
+@task(auto_shortflags=False, help={
+    "name": "the image's name (unique in this account and region)",
+    "snapshot": "register from this existing snapshot (snap-...)",
+    "host": "snapshot this fleet host's root volume first, then register from it",
+    "root_device": "the image's root device name (default: the host's own, else /dev/xvda)",
+    "boot_mode": "legacy-bios, uefi or uefi-preferred (default: ec2.boot_mode)",
+    "arch": "x86_64, arm64 or i386 (default: the host's own, else x86_64)",
+    "ena": "ENA networking (default on; --no-ena for instance types without it)",
+    "description": "the image's description",
+    "dry": "check everything, print each EC2 call that would change something, make none (same as inv --dry ami)",
+})
+def ami(c, name, snapshot="", host="", root_device="", boot_mode="", arch="", ena=True, description="", dry=False):
+    """Register an EBS-backed HVM image from a snapshot, or from a fleet host's root volume (snapshotted first)."""
+    if dry:
+        c.config.run.dry = True
+    options = kernel_ami.AmiOptions(name, snapshot, host, root_device, boot_mode, arch, ena, description)
+    run_task(c, "ami", lambda run: kernel_ami.make_ami(run, options))
+
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, ami)
 ns.configure(config.defaults())

@@ -158,7 +158,7 @@ def wait_snapshot(run, client, snapshot_id: str, *, timeout: float, poll_seconds
     deadline = time.monotonic() + timeout
     with PercentProgress(run.progress, f"snapshot {snapshot_id}") as shown:
         while True:
-            snapshot = _describe_snapshot(client, snapshot_id)
+            snapshot = describe_snapshot(client, snapshot_id)
             state = snapshot.get("State", "")
             shown.at(snapshot.get("Progress") or "", state)
             if state == "completed":
@@ -173,7 +173,7 @@ def wait_snapshot(run, client, snapshot_id: str, *, timeout: float, poll_seconds
             time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
 
 
-def _describe_snapshot(client, snapshot_id: str) -> dict:
+def describe_snapshot(client, snapshot_id: str) -> dict:
     try:
         found = client.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     except Exception as exc:
@@ -353,7 +353,7 @@ def _describe_image(client, image_id: str) -> dict:
 
 
 __all__ = [
-    "BOOT_MODES", "DRY_IMAGE", "DRY_SNAPSHOT", "HOST_TAG", "Ec2Settings", "RootVolume", "call_line",
-    "console_output", "ec2_client", "ec2_error", "existing_image", "image_request", "instance_of",
-    "reboot_instance", "register_ami", "root_volume", "snapshot_root", "wait_image", "wait_snapshot",
+    "ARCHITECTURES", "BOOT_MODES", "DRY_IMAGE", "DRY_SNAPSHOT", "HOST_TAG", "Ec2Settings", "RootVolume", "call_line",
+    "console_output", "describe_snapshot", "ec2_client", "ec2_error", "existing_image", "image_request",
+    "instance_of", "reboot_instance", "register_ami", "root_volume", "snapshot_root", "wait_image", "wait_snapshot",
 ]
