@@ -151,6 +151,11 @@ SITE_LINES = 8  # lines write_site writes before `extra`
     ("  retension: 3\n", {}, "backup.retension: unknown setting (did you mean remote_retention?)"),
     ("  remote_retention: 3\n", {}, "site.yaml: backup.remote_retention: expected a mapping of settings, got int 3"),
     ("binhost:\n  serve: {http_port: 0}\n", {}, "binhost.serve.http_port: 0 is not a TCP port (1-65535)"),
+    ("", {"INVOKE_FLEET_PARALEL": "4"},
+     "INVOKE_FLEET_PARALEL: no such setting (did you mean INVOKE_FLEET_PARALLEL for fleet.parallel?)"),
+    ("", {"INVOKE_FLEET_PARALLEL": "0"}, "fleet.parallel: must be at least 1, got 0"),
+    ("fleet:\n  hosts: [{name: web1, host: 10.0.0.1, root: srv/img}]\n", {},
+     "fleet.hosts[0].root: must be an absolute path, got 'srv/img'"),
 ])
 def test_a_bad_site_file_or_variable_is_one_line_on_stderr_exit_2_and_nothing_runs(tmp_path, extra, env, message):
     write_site(tmp_path, extra)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from children import HANG_S, TAG, new_tag, no_sshd_session_left, no_tagged_left, tagged, wait_gone
+from children import HANG_S, no_sshd_session_left, wait_gone, wait_until
 from daemons import group_members
-from orchestrator.errors import CommandError, ConfigError, OrchestratorError
+from orchestrator.errors import CommandError, ConfigError, Interrupted, OrchestratorError
 from orchestrator.run import RemoteTarget
 from orchestrator.run.remote import remote_command
+from orchestrator.signals import terminate_unwinds
 from sshd import SshServer, free_port, running_sshd
 
 pytestmark = pytest.mark.timeout(180)  # above children.HANG_S: a hang fails in a wait that names it
@@ -167,24 +168,78 @@ def test_stream_echoes_each_line_and_keeps_tail(sshd):
     assert result.stdout == "line1\nline2\nline3\nno newline\n"
 
 
-def test_command_timeout_raises_command_error(target, sshd):
-    """Our side of a timeout; the command on the host is not ended by it (a known gap, see kill_tagged)."""
-    tag = new_tag("remote-timeout")
-    try:
-        with pytest.raises(CommandError) as caught:
-            target.run(["sleep", "600"], timeout=1, env={TAG: tag})
-    finally:
-        kill_tagged(tag)
+# Runs on the "host": its pid (the process group sshd gave it), then a child's, in files; then it waits.
+HOLD = 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1"; sleep 600 & echo $! > "$2.tmp" && mv "$2.tmp" "$2"; wait'
+
+
+def hold_argv(tmp_path: Path) -> list[str]:
+    return ["sh", "-c", HOLD, "sh", str(tmp_path / "leader.pid"), str(tmp_path / "child.pid")]
+
+
+def held_pids(tmp_path: Path) -> list[int]:
+    """The held command's pids, once it has written both (an event: the files appear, renamed whole)."""
+    files = [tmp_path / "leader.pid", tmp_path / "child.pid"]
+    wait_until(lambda: all(f.exists() for f in files), "the remote command never wrote its pid files")
+    return [int(f.read_text()) for f in files]
+
+
+def all_gone(pids: list[int], what: str) -> None:
+    for pid in pids:
+        wait_gone(pid, what)
+
+
+def test_command_timeout_raises_command_error_and_kills_the_remote_command(target, sshd, tmp_path):
+    with pytest.raises(CommandError) as caught:
+        target.run(hold_argv(tmp_path), timeout=2)
     assert caught.value.returncode == 124
-    assert str(caught.value) == f"ssh:root@127.0.0.1:{sshd.port}: sleep exited 124: timed out after 1 s"
+    assert str(caught.value) == f"ssh:root@127.0.0.1:{sshd.port}: sh exited 124: timed out after 2 s"
+    all_gone(held_pids(tmp_path), "the timed-out remote command and its child")
+    assert target.run(["echo", "still usable"]).stdout == "still usable\n"
 
 
-def kill_tagged(tag: str) -> None:
-    """End what this test ran on the "host" by its tag: RemoteTarget leaves a timed-out command running there
-    (closing a channel without a pty does not reach it, and sshd refuses signal requests for root logins)."""
-    for pid in tagged(tag):
-        os.kill(pid, signal.SIGKILL)
-    no_tagged_left(tag, "the timed-out remote command")
+def test_abort_from_another_thread_kills_the_remote_command_and_unblocks_the_caller(sshd, tmp_path):
+    outcome: list[BaseException] = []
+    remote = connect(sshd)
+
+    def hold():
+        try:
+            remote.run(hold_argv(tmp_path))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    pids = held_pids(tmp_path)
+    remote.abort()
+    worker.join(HANG_S)
+    assert not worker.is_alive(), "the thread running the command is still blocked"
+    assert [type(exc) for exc in outcome] == [Interrupted], outcome
+    all_gone(pids, "the aborted remote command and its child")
+    with pytest.raises(Interrupted, match="aborted"):
+        remote.run(["true"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_in_the_main_thread_kills_the_remote_command(target, tmp_path, signum):
+    def signal_once_started():
+        held_pids(tmp_path)
+        os.kill(os.getpid(), signum)
+
+    sender = threading.Thread(target=signal_once_started)
+    sender.start()
+    try:
+        with pytest.raises((KeyboardInterrupt, Interrupted)), terminate_unwinds():
+            target.run(hold_argv(tmp_path))
+    finally:
+        sender.join(HANG_S)
+    all_gone(held_pids(tmp_path), "the interrupted remote command and its child")
+
+
+def test_a_command_that_ends_by_itself_is_not_killed_later(target, tmp_path):
+    """The process group of a finished command is not signalled: its number may already be someone else's."""
+    result = target.run(["sh", "-c", "echo $$"])
+    assert result.stderr == "" and result.stdout.strip().isdigit()
+    assert target._running == {}
 
 
 def test_put_get_round_trip_binary_byte_identical(target, tmp_path):

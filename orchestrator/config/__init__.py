@@ -11,7 +11,7 @@ Rooms:
 * ``validator``: the validator (``_build``/``_coerce``) and the value types
   (``Size``, ``Port``, ``Cidr``, ``Between`` ranges), ``human_size``;
 * one module per section: ``general`` (``orchestrator``), ``backup``, ``binhost``, ``kernel``,
-  ``ec2``;
+  ``ec2``, ``fleet``;
   each section class checks its own cross-field rules in ``check(key)``;
 * ``sections``: the registry of our sections, their defaults for invoke, loading one;
 * ``strict``: the one layer that checks the whole merged config before a job;
@@ -35,6 +35,7 @@ from .backup import (
 from .binhost import BinhostConfig, ClientConfig, ServeConfig, SigningConfig
 from .ec2 import Ec2Config
 from .files import StrictConfig, adopt
+from .fleet import FleetConfig, HostConfig
 from .general import GeneralConfig
 from .kernel import ImageConfig, KernelConfig, SourceConfig
 from .sections import SECTIONS, check_store, defaults, from_invoke, load_section
@@ -57,8 +58,8 @@ from .validator import (
 __all__ = [
     "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "Ec2Config",
-    "EncryptionConfig",
-    "GeneralConfig", "HookConfig", "ImageConfig", "KernelConfig", "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig",
-    "Size", "SourceConfig", "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
+    "EncryptionConfig", "FleetConfig", "GeneralConfig", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig",
+    "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig", "Size", "SourceConfig",
+    "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
     "defaults", "from_invoke", "human_size", "load_section", "plain",
 ]

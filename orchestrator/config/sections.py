@@ -9,6 +9,7 @@ from typing import Any
 from .backup import BackupConfig, StoreConfig
 from .binhost import BinhostConfig
 from .ec2 import Ec2Config
+from .fleet import FleetConfig
 from .general import GeneralConfig
 from .kernel import KernelConfig
 from .validator import _build, plain
@@ -19,6 +20,7 @@ SECTIONS: dict[str, type] = {
     "binhost": BinhostConfig,
     "kernel": KernelConfig,
     "ec2": Ec2Config,
+    "fleet": FleetConfig,
 }
 
 

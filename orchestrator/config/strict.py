@@ -6,7 +6,8 @@ naming the file, the section, the variable or the dotted key, exit code 2
 
 * a config file given with ``-f`` (or INVOKE_RUNTIME_CONFIG) that does not exist;
 * a top-level section that is neither ours nor invoke's own (``bakup:``);
-* an ``INVOKE_ORCHESTRATOR_*``, ``INVOKE_BACKUP_*``, ``INVOKE_BINHOST_*`` or ``INVOKE_KERNEL_*``
+* an ``INVOKE_ORCHESTRATOR_*``, ``INVOKE_BACKUP_*``, ``INVOKE_BINHOST_*``, ``INVOKE_KERNEL_*``,
+  ``INVOKE_EC2_*`` or ``INVOKE_FLEET_*``
   variable that names no setting (invoke only maps variables onto keys that
   exist, and ignores the rest without a word);
 * every setting of every section: type, range, and the settings that only

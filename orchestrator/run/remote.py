@@ -24,7 +24,7 @@ from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 
-from ..errors import CommandError, ConfigError, OrchestratorError
+from ..errors import CommandError, ConfigError, Interrupted, OrchestratorError
 from ..faults import crash_point
 from .base import Result, Target
 from .files import WRITE_CHUNK, FileMeta
@@ -34,6 +34,26 @@ STDIN_CHUNK = 256 * 1024
 FORWARD_CHUNK = 64 * 1024
 FORWARD_POLL = 0.2  # how soon a pump thread notices the forward is being torn down
 FORWARD_JOIN = 5.0
+KILL_GRACE = 5.0  # seconds a remote command gets between SIGTERM and SIGKILL
+KILL_TIMEOUT = 20.0  # the most the kill of remote commands may take, connecting included
+MARKER_WAIT = 2.0  # how long an abort waits for a just-started command to say its process group
+
+# Stops remote process groups: SIGTERM to each, SIGKILL to those still there after $1 tenths of a second.
+# Its arguments are numbers we parsed ourselves. No "--" before "-PGID": busybox ash and dash refuse it.
+KILL_GROUPS = """\
+grace=$1; shift
+for g in "$@"; do kill -TERM "-$g" 2>/dev/null; done
+n=0
+while [ "$n" -lt "$grace" ]; do
+    alive=
+    for g in "$@"; do kill -0 "-$g" 2>/dev/null && alive=1; done
+    [ -n "$alive" ] || exit 0
+    sleep 0.1
+    n=$((n + 1))
+done
+for g in "$@"; do kill -KILL "-$g" 2>/dev/null; done
+exit 0
+"""
 
 _SSH_FAILURES = (paramiko.SSHException, OSError, EOFError)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -63,12 +83,31 @@ def remote_command(
     return command if cwd is None else f"cd {shlex.quote(cwd)} && {command}"
 
 
+def _marker(token: str) -> bytes:
+    return f"geo-pgid-{token} ".encode()
+
+
+def killable_command(command: str, token: str) -> str:
+    """``command`` preceded by a line on stderr that names its process group (stripped again on our side).
+
+    sshd starts a command without a pty in a session of its own (OpenSSH's
+    ``do_exec_no_pty`` calls ``setsid``): the login shell's ``$$`` is the process
+    group of everything the command starts, which ``KILL_GROUPS`` ends. Same
+    line, so an error of the command's shell still says ``line 1``.
+    """
+    return f"printf '{_marker(token).decode()}%s\\n' \"$$\" >&2; {command}"
+
+
 class RemoteTarget(Target):
     """A host reached over SSH. Use as a context manager: the connection opens on
     first use and closes on exit.
 
     ``known_hosts=None`` accepts any host key (fabric's default, fit for fresh EC2
     instances); a path makes the check strict: the host must be listed there.
+    ``command_timeout`` is the timeout of a ``run`` that gives none (None: no limit).
+
+    Every command can be killed on the host (see ``killable_command``): after a
+    timeout, on Ctrl-C or SIGTERM, and on ``abort()`` from another thread.
     """
 
     def __init__(
@@ -82,8 +121,10 @@ class RemoteTarget(Target):
         known_hosts: str | os.PathLike | None = None,
         dry: bool = False,
         echo: Callable[[str], None] | None = None,
+        command_timeout: float | None = None,
     ):
         super().__init__(dry=dry, echo=echo)
+        self.command_timeout = command_timeout
         self.host = host
         self.user = user
         self.port = int(port)
@@ -91,7 +132,11 @@ class RemoteTarget(Target):
         self.connect_timeout = connect_timeout
         self.known_hosts = os.fspath(known_hosts) if known_hosts is not None else None
         self._conn: Connection | None = None
+        self._opening: Connection | None = None  # a connection being opened (an abort closes it too)
         self._forwarding = False
+        self._lock = threading.Condition()
+        self._running: dict[str, int | None] = {}  # token -> process group on the host (None: not known yet)
+        self._aborted = False
 
     def describe(self) -> str:
         where = f"ssh:{self.user}@{self.host}"
@@ -108,26 +153,61 @@ class RemoteTarget(Target):
         self.close()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        with self._lock:
+            conn, self._conn = self._conn, None
+            opening = self._opening
+        if opening is not None:
+            opening.client.close()  # unblocks a handshake in another thread
         if conn is not None:
             conn.close()
+
+    def abort(self) -> None:
+        """End everything of ours on the host, from any thread: every command still running is killed
+        (its process group: SIGTERM, SIGKILL after ``KILL_GRACE``), then the connection is closed, which
+        unblocks the thread waiting for that command. Whatever runs on this target afterwards fails at once.
+
+        Closing the channel is not enough: without a pty the command never hears of it, and sshd does
+        not pass on signal requests.
+        """
+        with self._lock:
+            self._aborted = True
+            self._lock.wait_for(lambda: None not in self._running.values(), MARKER_WAIT)
+            groups = [group for group in self._running.values() if group]
+            self._running.clear()
+        try:
+            if groups:
+                self._kill_groups(groups)
+        finally:
+            self.close()
 
     @property
     def connection(self) -> Connection:
         """The fabric Connection, opened on first use."""
-        if self._conn is None:
-            conn = self._new_connection()
-            try:
-                with self._ssh_errors("connect"):
-                    conn.open()
-            except BaseException:
-                # fabric closes only a connection that opened: after a refused host key or login the
-                # handshake's socket and transport thread would stay until sshd's LoginGraceTime.
-                conn.client.close()
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+        with self._lock:
+            self._check_aborted()
+            if self._conn is not None:
+                return self._conn
+            conn = self._opening = self._new_connection()
+        try:
+            with self._ssh_errors("connect"):
+                conn.open()
+            with self._lock:
+                self._check_aborted()
+                self._conn = conn
+        except BaseException:
+            # fabric closes only a connection that opened: after a refused host key or login the
+            # handshake's socket and transport thread would stay until sshd's LoginGraceTime.
+            conn.client.close()
+            conn.close()
+            raise
+        finally:
+            with self._lock:
+                self._opening = None
+        return conn
+
+    def _check_aborted(self) -> None:
+        if self._aborted:
+            raise Interrupted(f"{self.describe()}: aborted")
 
     def _new_connection(self) -> Connection:
         timeout = self.connect_timeout
@@ -183,12 +263,19 @@ class RemoteTarget(Target):
         return " ".join(str(part) for part in (exc.strerror or exc, exc.filename or "") if part)
 
     def _execute(self, argv, *, input, env, cwd, timeout, stream) -> Result:
-        command = remote_command(argv, env=env, cwd=cwd)
+        timeout = self.command_timeout if timeout is None else timeout
+        token = uuid.uuid4().hex[:16]
+        command = killable_command(remote_command(argv, env=env, cwd=cwd), token)
         sink = _StreamEcho(self.echo) if stream else None
         conn = self.connection
+        runner = _ExactRemote(context=conn, inline_env=conn.config.inline_ssh_env)
+        runner.watch_group(_marker(token), lambda group: self._started(token, group))
+        with self._lock:
+            self._check_aborted()
+            self._running[token] = None
         try:
-            with self._ssh_errors(f"running {argv[0]}"):
-                done = conn.run(
+            with self._ssh_errors(f"running {argv[0]}"), self._killed_unless_finished(token):
+                done = runner.run(
                     command,
                     hide=not stream,
                     warn=True,
@@ -202,9 +289,66 @@ class RemoteTarget(Target):
                 )
         except CommandTimedOut:
             raise CommandError(argv, 124, f"timed out after {timeout} s", self.describe()) from None
+        except OrchestratorError:
+            if self._aborted:
+                raise Interrupted(f"{self.describe()}: aborted while running {argv[0]}") from None
+            raise
+        if self._aborted and done.exited < 0:  # the channel closed under it: no exit status
+            raise Interrupted(f"{self.describe()}: aborted while running {argv[0]}")
         if sink:
             return Result(argv, done.exited, sink.finish(), "")
         return Result(argv, done.exited, _rejoin(done.stdout), _rejoin(done.stderr))
+
+    def _started(self, token: str, group: int) -> None:
+        with self._lock:
+            if token in self._running:
+                self._running[token] = group
+                self._lock.notify_all()
+
+    @contextmanager
+    def _killed_unless_finished(self, token: str) -> Iterator[None]:
+        """A command that did not end by itself (timeout, Ctrl-C, SIGTERM, lost connection) is killed on the
+        host, and whatever made it stop is raised as it was."""
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            with self._lock:
+                group = self._running.pop(token, None)
+            if group and not finished:
+                _quietly(self._kill_groups, [group])
+
+    def _kill_groups(self, groups: list[int]) -> None:
+        """Run ``KILL_GROUPS`` on the host over a new channel: of this connection when it still works,
+        else of a new one. Bounded by ``KILL_TIMEOUT``; a failure is one line."""
+        argv = ["sh", "-c", KILL_GROUPS, "sh", str(round(KILL_GRACE * 10)), *(str(int(g)) for g in groups)]
+        conn = self._conn
+        if conn is not None and conn.transport is not None and conn.transport.is_active():
+            self._run_bare(conn.transport, remote_command(argv))
+            return
+        fresh = self._new_connection()
+        try:
+            with self._ssh_errors("connect to kill remote commands"):
+                fresh.open()
+            self._run_bare(fresh.transport, remote_command(argv))
+        finally:
+            fresh.client.close()
+            fresh.close()
+
+    def _run_bare(self, transport: paramiko.Transport, command: str) -> None:
+        """One command on a raw paramiko channel, waited for at most ``KILL_TIMEOUT`` seconds (no invoke
+        runner: this runs while another thread may be inside one)."""
+        with self._ssh_errors("kill remote commands"):
+            channel = transport.open_session(timeout=KILL_TIMEOUT)
+            try:
+                channel.settimeout(KILL_TIMEOUT)
+                channel.exec_command(command)
+                channel.shutdown_write()
+                while channel.recv(4096) or channel.recv_stderr(4096):
+                    pass
+            finally:
+                channel.close()
 
     def put(
         self, local_path: str | os.PathLike, remote_path: str | os.PathLike, *, mutates: bool = True
@@ -389,6 +533,39 @@ class _ExactRemote(Remote):
     decoded with ``surrogateescape`` so ``_rejoin`` can restore characters split
     across chunk boundaries.
     """
+
+    _group_marker: bytes | None = None
+    _on_group: Callable[[int], None] | None = None
+
+    def watch_group(self, marker: bytes, on_group: Callable[[int], None]) -> None:
+        """Strip the first stderr line when it starts with ``marker`` and pass its number to ``on_group``."""
+        self._group_marker, self._on_group = marker, on_group
+
+    def read_proc_stderr(self, num_bytes: int) -> bytes:
+        data = super().read_proc_stderr(num_bytes)
+        marker, self._group_marker = self._group_marker, None
+        if marker is None:
+            return data
+        head = data
+        while data and b"\n" not in head:
+            data = super().read_proc_stderr(num_bytes)
+            head += data
+        line, newline, rest = head.partition(b"\n")
+        if not (newline and line.startswith(marker) and line[len(marker):].isdigit()):
+            return head  # not our wrapper's line (a login shell that is not POSIX): pass it on as it is
+        self._on_group(int(line[len(marker):]))
+        # b"" would tell invoke that stderr ended: while the command runs, wait for its first bytes instead
+        return rest if rest or not data else super().read_proc_stderr(num_bytes)
+
+    def wait(self) -> None:
+        """On Ctrl-C or SIGTERM (``Interrupted``) close the channel first: invoke would otherwise join its
+        reader threads, which wait for output from a command that keeps running. The command itself is
+        killed by ``RemoteTarget`` once this returns."""
+        try:
+            super().wait()
+        except BaseException:
+            self.channel.close()
+            raise
 
     def read_our_stdin(self, input_):
         return input_.read(STDIN_CHUNK)
