@@ -11,6 +11,7 @@ to fix (``aws.aws_error`` with the caller's setting names, ``ec2.region``, ...).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -61,12 +62,17 @@ def _hints(setting: str) -> aws.SettingHints:
                             endpoint_url=f"{setting}.endpoint_url")
 
 
-def ec2_client(settings: Ec2Settings, *, region: str = ""):
-    """An EC2 client from the normal credential chain; ``region`` (a host's own) overrides the settings'."""
+def ec2_client(settings: Ec2Settings, *, region: str = "", region_setting: str = ""):
+    """An EC2 client from the normal credential chain; ``region`` (a host's own) overrides the settings'.
+
+    ``region_setting`` names where that region came from (``fleet.hosts[2].region``), for errors.
+    """
+    hints = settings.hints
+    if region and region_setting:
+        hints = dataclasses.replace(hints, region=region_setting)
     client = aws.client("ec2", region=region or settings.region, endpoint_url=settings.endpoint_url,
-                        profile=settings.profile, max_attempts=settings.max_attempts,
-                        setting_hints=settings.hints)
-    client._orchestrator_hints = settings.hints  # read back by ec2_error, for clients made here
+                        profile=settings.profile, max_attempts=settings.max_attempts, setting_hints=hints)
+    client._orchestrator_hints = hints  # read back by ec2_error, for clients made here
     return client
 
 

@@ -201,3 +201,93 @@ def test_record_sees_every_request(lab):
     sent = record(lab.client)
     lab.client.create_tags(Resources=[volume_id], Tags=[{"Key": "a", "Value": "b"}])
     assert sent.changing() == ["CreateTags"] and sent.body("CreateTags")["Tag.1.Key"] == "a"
+
+
+# --host: a fleet host's root volume, snapshotted first ------------------------------------------------
+def with_host(lab: AmiLab, instance_id: str = "", **settings) -> AmiLab:
+    """One fleet host; nothing listens at its address (no SSH is needed when its instance id is known)."""
+    host = {"name": "web1", "host": "192.0.2.10", "instance_id": instance_id, **settings}
+    lab.config["fleet"] = {"hosts": [{"name": "db1", "host": "192.0.2.11"}, host]}
+    return lab
+
+
+def regional(lab: AmiLab, region: str):
+    return ec2.ec2_client(ec2.Ec2Settings(endpoint_url=lab.moto.endpoint_url, region=region))
+
+
+def test_host_snapshots_its_root_first_in_the_hosts_region_then_registers(lab, monkeypatch, capsys):
+    """The instance is in the host's own region (fleet.hosts[].region), not ec2.region's default."""
+    client = regional(lab, "eu-west-1")
+    instance_id = launch(client, root="/dev/xvda")
+    volume = ec2.root_volume(client, instance_id)
+    with_host(lab, instance_id, region="eu-west-1")
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == 0, out
+    assert lab.sent.changing() == ["CreateSnapshot", "RegisterImage", "CreateTags"]
+    snapshot_id = summary_value(out, "snapshot")
+    snapshot = client.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert snapshot["VolumeId"] == volume.volume_id and snapshot["State"] == "completed"
+    tags = {t["Key"]: t["Value"] for t in snapshot["Tags"]}
+    assert (tags["gentoo-ec2-orchestrator:host"], tags["gentoo-ec2-orchestrator:image"]) == ("web1", "gentoo-web1")
+    body = lab.sent.body("RegisterImage")
+    assert (body["BlockDeviceMapping.1.Ebs.SnapshotId"], body["RootDeviceName"], body["Architecture"]) == \
+        (snapshot_id, "/dev/xvda", "x86_64")
+    [image] = client.describe_images(Owners=["self"])["Images"]
+    assert summary_value(out, "image") == f"{image['ImageId']} (gentoo-web1)"
+    assert summary_value(out, "host") == f"web1 ({instance_id})"
+    assert f"snapshot {snapshot_id}: 100% (completed)" in capsys.readouterr().out  # progress: the process's stdout
+
+
+def test_host_dry_prints_the_snapshot_and_the_image_and_makes_neither(lab, monkeypatch):
+    instance_id = launch(lab.client)
+    with_host(lab, instance_id)
+    stock = {s["SnapshotId"] for s in lab.client.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch, dry=True)
+    assert code == 0, out
+    assert lab.sent.changing() == [] and lab.images() == []
+    assert {s["SnapshotId"] for s in lab.client.describe_snapshots(OwnerIds=["self"])["Snapshots"]} == stock
+    calls = [line for line in out.splitlines() if line.startswith("[dry-run] ec2 ")]
+    assert [line.split(" ", 3)[2] for line in calls] == ["CreateSnapshot", "RegisterImage", "CreateTags"]
+    assert '"SnapshotId":"snap-DRYRUN"' in calls[1]
+
+
+def test_host_with_a_taken_name_makes_no_snapshot(lab, monkeypatch):
+    instance_id = launch(lab.client)
+    with_host(lab, instance_id)
+    first = ec2.register_ami(job_run()[0], lab.client, "gentoo-web1", lab.snapshot(), wait_timeout=60)
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == EXIT_FAILED
+    assert out.splitlines()[-1] == (f"error: NAME: image name 'gentoo-web1' is already used by {first} in this "
+                                    "account (us-east-1): choose another name or deregister it")
+    assert lab.sent.changing() == []
+
+
+def test_host_whose_instance_is_gone_names_it_and_the_hosts_region_setting(lab, monkeypatch):
+    with_host(lab, "i-0123456789abcdef0", region="eu-west-1")
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == EXIT_FAILED
+    assert out.splitlines()[-1] == ("error: describe instance i-0123456789abcdef0: not found in region eu-west-1 "
+                                    "(the id, or fleet.hosts[1].region)")
+    assert lab.sent.changing() == []
+
+
+def test_host_whose_root_is_not_an_ebs_mapping_makes_no_snapshot(lab, monkeypatch):
+    """moto's own case of a root device with no EBS volume behind it (launched without a mapping)."""
+    instance_id = launch(lab.client, mapped=False)
+    with_host(lab, instance_id)
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == EXIT_FAILED
+    assert out.splitlines()[-1] == (f"error: instance {instance_id}: no EBS volume at its root device /dev/xvda "
+                                    "(EBS mappings: /dev/sda1)")
+    assert lab.sent.changing() == []
+
+
+@pytest.mark.parametrize("host, message", [
+    ("web9", "--host: no host 'web9' in fleet.hosts (known: db1, web1)"),
+    ("@all", "--host: '@all' means 2 hosts; an image is made from one host"),
+])
+def test_host_must_name_one_fleet_host(lab, monkeypatch, host, message):
+    with_host(lab, "i-0123456789abcdef0")
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host=host), monkeypatch)
+    assert code == EXIT_CONFIG and out.splitlines()[-1] == f"error: {message}"
+    assert lab.sent.names() == []

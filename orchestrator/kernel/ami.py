@@ -20,13 +20,15 @@ import re
 from dataclasses import dataclass
 
 from .. import ec2
-from ..config import Ec2Config
+from ..config import Ec2Config, FleetConfig, HostConfig
 from ..errors import ConfigError, OrchestratorError
+from ..fleet import select_hosts
 from ..job import JobRun
 
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
 SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{8,17}")
 SOURCE_TAG = "gentoo-ec2-orchestrator:source-snapshot"
+IMAGE_TAG = "gentoo-ec2-orchestrator:image"  # on a snapshot made for an image: the image's name
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,29 @@ def _from_snapshot(run: JobRun, client, cfg: Ec2Config, snapshot_id: str) -> Sou
 
 
 def _from_host(run: JobRun, cfg: Ec2Config, options: AmiOptions):
-    raise ConfigError("--host: needs the fleet section (orchestrator.fleet), not in this build")
+    """Snapshot the fleet host's root volume (after every check), and what its instance says about booting."""
+    host, key = _one_host(run.section("fleet"), options.host)
+    if not host.instance_id:
+        raise ConfigError(f"{key}.instance_id: not set: inv ami --host needs {host.name}'s EC2 instance id (i-...)")
+    instance_id = host.instance_id
+    client = ec2.ec2_client(cfg.settings(), region=host.region, region_setting=f"{key}.region")
+    _refuse_taken_name(client, options.name)
+    instance = ec2.instance_of(client, instance_id)
+    ec2.root_volume(client, instance_id)  # an instance-store or unmapped root stops here, before anything
+    snapshot_id = ec2.snapshot_root(
+        run, client, instance_id, host=host.name, description=f"root of {host.name} ({instance_id}) for image "
+        f"{options.name}", tags={IMAGE_TAG: options.name}, wait_timeout=cfg.snapshot_wait_timeout,
+        poll_seconds=cfg.poll_seconds)
+    boot_mode = instance.get("CurrentInstanceBootMode") or instance.get("BootMode") or ""
+    return client, Source(snapshot_id, instance.get("RootDeviceName", ""), instance.get("Architecture", ""),
+                          boot_mode, host.name, instance_id)
+
+
+def _one_host(fleet: FleetConfig, name: str) -> tuple[HostConfig, str]:
+    hosts = select_hosts(fleet, [name], option="--host")
+    if len(hosts) != 1:
+        raise ConfigError(f"--host: {name!r} means {len(hosts)} hosts; an image is made from one host")
+    return hosts[0], f"fleet.hosts[{fleet.hosts.index(hosts[0])}]"
 
 
 def _report(run: JobRun, options: AmiOptions, source: Source, image_id: str) -> None:
