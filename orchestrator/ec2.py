@@ -249,7 +249,7 @@ def _plain_console(client, instance_id: str, what: str) -> dict:
 
 def _decoded(output: str) -> str:
     try:
-        raw = base64.b64decode(output, validate=True)
+        raw = base64.b64decode("".join(output.split()), validate=True)  # EC2 may wrap its base64
     except ValueError:
         return output  # already text (some emulators)
     return raw.decode("utf-8", errors="replace")

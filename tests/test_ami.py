@@ -56,14 +56,17 @@ class AmiLab:
         return ec2.snapshot_root(run, self.client, launch(self.client), host="web1", description="lab",
                                  tags={}, wait_timeout=60)
 
-    def run(self, options: ami.AmiOptions, monkeypatch, dry: bool = False) -> tuple[int, str]:
-        """The job in-process; every request its clients send is recorded in ``self.sent``."""
+    def run(self, options: ami.AmiOptions, monkeypatch, dry: bool = False, hooks=()) -> tuple[int, str]:
+        """The job in-process; every request its clients send is recorded in ``self.sent``; ``hooks`` are
+        more (event, handler) pairs for its clients."""
         made = ec2.ec2_client
         self.sent = sent = Sent()
 
         def recording(*args, **kwargs):
             client = made(*args, **kwargs)
             client.meta.events.register("before-call.ec2", sent)
+            for event, handler in hooks:
+                client.meta.events.register(event, handler)
             return client
 
         monkeypatch.setattr(ec2, "ec2_client", recording)
@@ -291,3 +294,25 @@ def test_host_must_name_one_fleet_host(lab, monkeypatch, host, message):
     code, out = lab.run(ami.AmiOptions("gentoo-web1", host=host), monkeypatch)
     assert code == EXIT_CONFIG and out.splitlines()[-1] == f"error: {message}"
     assert lab.sent.names() == []
+
+
+def test_an_instance_booting_uefi_while_the_image_says_bios_is_warned(lab, monkeypatch):
+    """moto reports no boot mode for an instance: its real DescribeInstances answer gets the field EC2 sets
+    (CurrentInstanceBootMode) added on botocore's after-call event."""
+    instance_id = launch(lab.client)
+    with_host(lab, instance_id)
+
+    def booted_uefi(parsed, **_):
+        for reservation in parsed.get("Reservations", []):
+            for instance in reservation["Instances"]:
+                instance["CurrentInstanceBootMode"] = "uefi"
+
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch,
+                        hooks=[("after-call.ec2.DescribeInstances", booted_uefi)])
+    assert code == 0, out
+    assert (f"warning: web1 ({instance_id}) boots uefi, the image is registered legacy-bios (--boot-mode / "
+            "ec2.boot_mode): it may not boot") in out.splitlines()
+    assert lab.sent.body("RegisterImage")["BootMode"] == "legacy-bios"
+    code, out = lab.run(ami.AmiOptions("gentoo-web1-uefi", host="web1", boot_mode="uefi"), monkeypatch,
+                        hooks=[("after-call.ec2.DescribeInstances", booted_uefi)])
+    assert code == 0 and "warning:" not in out
