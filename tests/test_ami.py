@@ -316,3 +316,12 @@ def test_an_instance_booting_uefi_while_the_image_says_bios_is_warned(lab, monke
     code, out = lab.run(ami.AmiOptions("gentoo-web1-uefi", host="web1", boot_mode="uefi"), monkeypatch,
                         hooks=[("after-call.ec2.DescribeInstances", booted_uefi)])
     assert code == 0 and "warning:" not in out
+
+
+def test_a_host_without_an_instance_id_is_one_line_naming_the_setting(lab, monkeypatch):
+    with_host(lab, "")
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == EXIT_CONFIG
+    assert out.splitlines()[-1] == ("error: fleet.hosts[1].instance_id: not set: inv ami --host needs web1's EC2 "
+                                    "instance id (i-...)")
+    assert lab.sent.names() == []
