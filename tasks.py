@@ -5,6 +5,7 @@ from invoke import Collection, task
 from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
+from orchestrator.fleet import check as fleet_check_job
 from orchestrator.job import run_task
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
@@ -114,8 +115,24 @@ for _stage, _doc in binhost_jobs.STAGE_DOCS.items():
 binhost.add_task(binhost_serve)
 binhost.add_task(binhost_clients)
 
+@task(name="check", iterable=["host"], help={
+    "hosts": "hosts to check, comma-separated: names from fleet.hosts or @group (default: every host)",
+    "host": "a host name or @group (repeatable), as an alternative to --hosts",
+})
+def fleet_check(c, hosts="", host=None):
+    """Connect to every chosen host at once and print what it is: kernel, OS, boot loader, root device, EC2 id.
+
+    invoke has no optional positional arguments: choose hosts with --hosts web1,@web (or --host, repeated).
+    """
+    words = hosts.replace(",", " ").split() + list(host or [])
+    run_task(c, "fleet-check", lambda run: fleet_check_job.check(run, words), locked=False)
+
+
+fleet = Collection("fleet")
+fleet.add_task(fleet_check)
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, fleet)
 ns.configure(config.defaults())
