@@ -5,6 +5,7 @@ from invoke import Collection, task
 from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
+from orchestrator.fleet import check as fleet_check_job
 from orchestrator.job import run_task
 from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
@@ -144,8 +145,24 @@ def ami(c, name, snapshot="", host="", root_device="", boot_mode="", arch="", en
     run_task(c, "ami", lambda run: kernel_ami.make_ami(run, options))
 
 
+@task(name="check", iterable=["host"], help={
+    "hosts": "hosts to check, comma-separated: names from fleet.hosts or @group (default: every host)",
+    "host": "a host name or @group (repeatable), as an alternative to --hosts",
+})
+def fleet_check(c, hosts="", host=None):
+    """Connect to every chosen host at once and print what it is: kernel, OS, boot loader, root device, EC2 id.
+
+    invoke has no optional positional arguments: choose hosts with --hosts web1,@web (or --host, repeated).
+    """
+    words = hosts.replace(",", " ").split() + list(host or [])
+    run_task(c, "fleet-check", lambda run: fleet_check_job.check(run, words), locked=False)
+
+
+fleet = Collection("fleet")
+fleet.add_task(fleet_check)
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, ami)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, ami, fleet)
 ns.configure(config.defaults())

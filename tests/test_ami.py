@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import test_s3_store
-from children import finished
+from children import finished, no_sshd_session_left
 from conftest import summary_value
 from ec2_lab import Sent, job_run, launch, record
 from moto_server import running_moto
@@ -27,6 +27,7 @@ from orchestrator import ec2
 from orchestrator.errors import EXIT_CONFIG, EXIT_FAILED
 from orchestrator.job import execute
 from orchestrator.kernel import ami
+from sshd import running_sshd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).with_name("inv")
@@ -318,10 +319,51 @@ def test_an_instance_booting_uefi_while_the_image_says_bios_is_warned(lab, monke
     assert code == 0 and "warning:" not in out
 
 
-def test_a_host_without_an_instance_id_is_one_line_naming_the_setting(lab, monkeypatch):
-    with_host(lab, "")
+# --host without an instance id: the host tells it over SSH (a real sshd on a loopback port) ----------
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture
+def every_session_ends(sshd):
+    yield
+    no_sshd_session_left(sshd)
+
+
+def reached_over_ssh(lab: AmiLab, sshd, asset_tag: str) -> AmiLab:
+    """web1 is the real sshd; its ``root`` a temp dir whose DMI asset tag is ``asset_tag`` (what a Nitro
+    instance's firmware sets); the metadata service is never asked for a root other than /."""
+    root = lab.root / "web1-root"
+    tag = root / "sys/devices/virtual/dmi/id/board_asset_tag"
+    tag.parent.mkdir(parents=True)
+    tag.write_text(asset_tag + "\n")
+    lab.config["fleet"] = {"hosts": [{"name": "web1", "host": sshd.host, "port": sshd.port, "user": sshd.user,
+                                      "key_filename": sshd.key_filename, "known_hosts": sshd.known_hosts,
+                                      "root": str(root)}]}
+    return lab
+
+
+def test_host_without_an_instance_id_is_told_it_over_ssh(lab, sshd, every_session_ends, monkeypatch):
+    instance_id = launch(lab.client)
+    reached_over_ssh(lab, sshd, instance_id)
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch, dry=True)
+    assert code == 0, out
+    assert summary_value(out, "host") == f"web1 ({instance_id})" and lab.sent.changing() == []
+    code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
+    assert code == 0, out
+    volume = ec2.root_volume(lab.client, instance_id)
+    snapshot = lab.client.describe_snapshots(SnapshotIds=[summary_value(out, "snapshot")])["Snapshots"][0]
+    assert snapshot["VolumeId"] == volume.volume_id
+    assert lab.sent.changing() == ["CreateSnapshot", "RegisterImage", "CreateTags"]
+
+
+def test_a_host_that_does_not_tell_its_instance_id_is_one_line_naming_the_setting(lab, sshd, every_session_ends,
+                                                                                   monkeypatch):
+    reached_over_ssh(lab, sshd, "To Be Filled By O.E.M.")
     code, out = lab.run(ami.AmiOptions("gentoo-web1", host="web1"), monkeypatch)
     assert code == EXIT_CONFIG
-    assert out.splitlines()[-1] == ("error: fleet.hosts[1].instance_id: not set: inv ami --host needs web1's EC2 "
-                                    "instance id (i-...)")
+    assert out.splitlines()[-1] == ("error: fleet.hosts[0].instance_id: not set, and web1 did not tell its EC2 "
+                                    "instance id (no DMI asset tag, no answer from the metadata service): set it")
     assert lab.sent.names() == []

@@ -141,8 +141,10 @@ class _Crew:
         deadline = time.monotonic() + ABORT_WAIT
         for thread in aborts:
             thread.join(max(0.0, deadline - time.monotonic()))
-        wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        left = [future for future in futures if not future.done()]
+        # a future cancelled by shutdown() never counts as done for wait(): leave those out
+        started = [future for future in futures if not future.cancelled()]
+        wait(started, timeout=max(0.0, deadline - time.monotonic()))
+        left = [future for future in started if not future.done()]
         if left:
             self.run.progress.warn(f"{len(left)} host worker(s) still busy after {ABORT_WAIT:.0f} s")
 

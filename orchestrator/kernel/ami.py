@@ -1,8 +1,8 @@
 """``inv ami``: an EBS-backed image registered from a snapshot, or from a fleet host's root volume.
 
 With ``--snapshot`` the snapshot must exist (a pending one is waited for). With
-``--host`` the host's instance (``fleet.hosts[].instance_id``, else asked of the
-host over SSH) has its root volume snapshotted first, and the image takes the
+``--host`` the host's instance (``fleet.hosts[].instance_id``, else told by the
+host over SSH: ``fleet.facts``) has its root volume snapshotted first, and the image takes the
 instance's root device name and architecture unless told otherwise. Every check
 that needs no change (names, the snapshot, the instance, a taken image name)
 runs before anything is made, so a refused run leaves nothing behind; ``--dry``
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from .. import ec2
 from ..config import Ec2Config, FleetConfig, HostConfig
 from ..errors import ConfigError, OrchestratorError
-from ..fleet import select_hosts
+from ..fleet import connect, select_hosts
+from ..fleet.facts import gather
 from ..job import JobRun
 
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./\-'@_ ]{3,128}")
@@ -125,9 +126,7 @@ def _from_snapshot(run: JobRun, client, cfg: Ec2Config, snapshot_id: str) -> Sou
 def _from_host(run: JobRun, cfg: Ec2Config, options: AmiOptions):
     """Snapshot the fleet host's root volume (after every check), and what its instance says about booting."""
     host, key = _one_host(run.section("fleet"), options.host)
-    if not host.instance_id:
-        raise ConfigError(f"{key}.instance_id: not set: inv ami --host needs {host.name}'s EC2 instance id (i-...)")
-    instance_id = host.instance_id
+    instance_id = host.instance_id or _told_instance_id(run, host, key)
     client = ec2.ec2_client(cfg.settings(), region=host.region, region_setting=f"{key}.region")
     _refuse_taken_name(client, options.name)
     instance = ec2.instance_of(client, instance_id)
@@ -139,6 +138,17 @@ def _from_host(run: JobRun, cfg: Ec2Config, options: AmiOptions):
     boot_mode = instance.get("CurrentInstanceBootMode") or instance.get("BootMode") or ""
     return client, Source(snapshot_id, instance.get("RootDeviceName", ""), instance.get("Architecture", ""),
                           boot_mode, host.name, instance_id)
+
+
+def _told_instance_id(run: JobRun, host: HostConfig, key: str) -> str:
+    """The instance id the host itself tells over SSH (its DMI asset tag, else IMDSv2): read-only, also dry."""
+    with connect(run, host) as target:
+        told = gather(target, host).instance_id
+    if not told:
+        raise ConfigError(f"{key}.instance_id: not set, and {host.name} did not tell its EC2 instance id (no DMI "
+                          "asset tag, no answer from the metadata service): set it")
+    run.progress.say(f"{host.name}: instance {told} (told by the host)")
+    return told
 
 
 def _one_host(fleet: FleetConfig, name: str) -> tuple[HostConfig, str]:
