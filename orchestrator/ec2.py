@@ -10,7 +10,6 @@ to fix (``aws.aws_error`` with the caller's setting names, ``ec2.region``, ...).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import time
@@ -236,7 +235,7 @@ def console_output(client, instance_id: str) -> str:
         answer = _plain_console(client, instance_id, what)
     except Exception as exc:
         raise ec2_error(client, exc, what) from None
-    return _decoded(answer.get("Output") or "")
+    return answer.get("Output") or ""  # botocore decodes EC2's base64 itself (after-call handler)
 
 
 def _plain_console(client, instance_id: str, what: str) -> dict:
@@ -245,14 +244,6 @@ def _plain_console(client, instance_id: str, what: str) -> dict:
         return client.get_console_output(InstanceId=instance_id)
     except Exception as exc:
         raise ec2_error(client, exc, what) from None
-
-
-def _decoded(output: str) -> str:
-    try:
-        raw = base64.b64decode("".join(output.split()), validate=True)  # EC2 may wrap its base64
-    except ValueError:
-        return output  # already text (some emulators)
-    return raw.decode("utf-8", errors="replace")
 
 
 def reboot_instance(run, client, instance_id: str) -> None:

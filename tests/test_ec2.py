@@ -314,7 +314,7 @@ def test_dry_register_prints_the_exact_request_and_makes_no_change(client):
 
 # console and reboot -----------------------------------------------------------------------------------
 def test_console_output_is_decoded_text(client):
-    """moto's console is a fixed 2006 Xen boot log, base64 on the wire like EC2's."""
+    """moto's console is a fixed 2006 Xen boot log, base64 on the wire like EC2's (botocore decodes it)."""
     text = ec2.console_output(client, launch(client))
     assert text.startswith("Linux version 2.6.16-xenU")
 
