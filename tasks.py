@@ -5,7 +5,9 @@ from invoke import Collection, task
 from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
+from orchestrator.fleet import check as fleet_check_job
 from orchestrator.job import run_task
+from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
 
@@ -154,8 +156,44 @@ def bootcfg(c, host=None, root=None, to="", dry=False):
     run_task(c, "bootcfg", lambda run: deploy_jobs.bootcfg(run, host, root, to))
 
 
+@task(auto_shortflags=False, help={
+    "name": "the image's name (unique in this account and region)",
+    "snapshot": "register from this existing snapshot (snap-...)",
+    "host": "snapshot this fleet host's root volume first, then register from it",
+    "root_device": "the image's root device name (default: the host's own, else /dev/xvda)",
+    "boot_mode": "legacy-bios, uefi or uefi-preferred (default: ec2.boot_mode)",
+    "arch": "x86_64, arm64 or i386 (default: the host's own, else x86_64)",
+    "ena": "ENA networking (default on; --no-ena for instance types without it)",
+    "description": "the image's description",
+    "dry": "check everything, print each EC2 call that would change something, make none (same as inv --dry ami)",
+})
+def ami(c, name, snapshot="", host="", root_device="", boot_mode="", arch="", ena=True, description="", dry=False):
+    """Register an EBS-backed HVM image from a snapshot, or from a fleet host's root volume (snapshotted first)."""
+    if dry:
+        c.config.run.dry = True
+    options = kernel_ami.AmiOptions(name, snapshot, host, root_device, boot_mode, arch, ena, description)
+    run_task(c, "ami", lambda run: kernel_ami.make_ami(run, options))
+
+
+@task(name="check", iterable=["host"], help={
+    "hosts": "hosts to check, comma-separated: names from fleet.hosts or @group (default: every host)",
+    "host": "a host name or @group (repeatable), as an alternative to --hosts",
+})
+def fleet_check(c, hosts="", host=None):
+    """Connect to every chosen host at once and print what it is: kernel, OS, boot loader, root device, EC2 id.
+
+    invoke has no optional positional arguments: choose hosts with --hosts web1,@web (or --host, repeated).
+    """
+    words = hosts.replace(",", " ").split() + list(host or [])
+    run_task(c, "fleet-check", lambda run: fleet_check_job.check(run, words), locked=False)
+
+
+fleet = Collection("fleet")
+fleet.add_task(fleet_check)
+
 catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
-ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel, bootcfg)
+ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
+                bootcfg, ami, fleet)
 ns.configure(config.defaults())

@@ -10,7 +10,7 @@ to fix (``aws.aws_error`` with the caller's setting names, ``ec2.region``, ...).
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -61,12 +61,17 @@ def _hints(setting: str) -> aws.SettingHints:
                             endpoint_url=f"{setting}.endpoint_url")
 
 
-def ec2_client(settings: Ec2Settings, *, region: str = ""):
-    """An EC2 client from the normal credential chain; ``region`` (a host's own) overrides the settings'."""
+def ec2_client(settings: Ec2Settings, *, region: str = "", region_setting: str = ""):
+    """An EC2 client from the normal credential chain; ``region`` (a host's own) overrides the settings'.
+
+    ``region_setting`` names where that region came from (``fleet.hosts[2].region``), for errors.
+    """
+    hints = settings.hints
+    if region and region_setting:
+        hints = dataclasses.replace(hints, region=region_setting)
     client = aws.client("ec2", region=region or settings.region, endpoint_url=settings.endpoint_url,
-                        profile=settings.profile, max_attempts=settings.max_attempts,
-                        setting_hints=settings.hints)
-    client._orchestrator_hints = settings.hints  # read back by ec2_error, for clients made here
+                        profile=settings.profile, max_attempts=settings.max_attempts, setting_hints=hints)
+    client._orchestrator_hints = hints  # read back by ec2_error, for clients made here
     return client
 
 
@@ -158,7 +163,7 @@ def wait_snapshot(run, client, snapshot_id: str, *, timeout: float, poll_seconds
     deadline = time.monotonic() + timeout
     with PercentProgress(run.progress, f"snapshot {snapshot_id}") as shown:
         while True:
-            snapshot = _describe_snapshot(client, snapshot_id)
+            snapshot = describe_snapshot(client, snapshot_id)
             state = snapshot.get("State", "")
             shown.at(snapshot.get("Progress") or "", state)
             if state == "completed":
@@ -173,7 +178,7 @@ def wait_snapshot(run, client, snapshot_id: str, *, timeout: float, poll_seconds
             time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
 
 
-def _describe_snapshot(client, snapshot_id: str) -> dict:
+def describe_snapshot(client, snapshot_id: str) -> dict:
     try:
         found = client.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     except Exception as exc:
@@ -230,7 +235,7 @@ def console_output(client, instance_id: str) -> str:
         answer = _plain_console(client, instance_id, what)
     except Exception as exc:
         raise ec2_error(client, exc, what) from None
-    return _decoded(answer.get("Output") or "")
+    return answer.get("Output") or ""  # botocore decodes EC2's base64 itself (after-call handler)
 
 
 def _plain_console(client, instance_id: str, what: str) -> dict:
@@ -239,14 +244,6 @@ def _plain_console(client, instance_id: str, what: str) -> dict:
         return client.get_console_output(InstanceId=instance_id)
     except Exception as exc:
         raise ec2_error(client, exc, what) from None
-
-
-def _decoded(output: str) -> str:
-    try:
-        raw = base64.b64decode(output, validate=True)
-    except ValueError:
-        return output  # already text (some emulators)
-    return raw.decode("utf-8", errors="replace")
 
 
 def reboot_instance(run, client, instance_id: str) -> None:
@@ -353,7 +350,7 @@ def _describe_image(client, image_id: str) -> dict:
 
 
 __all__ = [
-    "BOOT_MODES", "DRY_IMAGE", "DRY_SNAPSHOT", "HOST_TAG", "Ec2Settings", "RootVolume", "call_line",
-    "console_output", "ec2_client", "ec2_error", "existing_image", "image_request", "instance_of",
-    "reboot_instance", "register_ami", "root_volume", "snapshot_root", "wait_image", "wait_snapshot",
+    "ARCHITECTURES", "BOOT_MODES", "DRY_IMAGE", "DRY_SNAPSHOT", "HOST_TAG", "Ec2Settings", "RootVolume", "call_line",
+    "console_output", "describe_snapshot", "ec2_client", "ec2_error", "existing_image", "image_request",
+    "instance_of", "reboot_instance", "register_ami", "root_volume", "snapshot_root", "wait_image", "wait_snapshot",
 ]

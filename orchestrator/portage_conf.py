@@ -60,7 +60,7 @@ def render_client_configs(client: ClientConfig, repos: list[str], uris: ClientUr
     entries = [RepoEntry(n, f"{eprefix}/var/db/repos/{n}", uris.sync_uris[n]) for n in names]
     repos_path = f"{eprefix}/etc/portage/repos.conf/{FILE_NAME}"
     binrepos_path = f"{eprefix}/etc/portage/binrepos.conf/{FILE_NAME}"
-    settings = {"client": f"{where}.name", "repos": "binhost.repos"}
+    settings = {"client": f"{where}.host", "repos": "binhost.repos"}
     repos_text = render("repos.conf.j2", dict(path=repos_path, client=client.name, main_repo=main_repo(names),
                                               repos=entries), settings=settings)
     binrepos_text = render("binrepos.conf.j2", dict(path=binrepos_path, client=client.name,

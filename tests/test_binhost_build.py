@@ -252,7 +252,7 @@ def install_from(binhost, tmp_path) -> dict[str, str]:
 
     client = lab.make_client_prefix(tmp_path, "instance", packages=PACKAGES)
     uris = ClientUris({"lab": f"file://{binhost.tree}/"}, f"file://{binhost.pkgdir}")
-    rendered = render_client_configs(ClientConfig("instance", "localhost", eprefix=str(client.eprefix)), ["lab"],
+    rendered = render_client_configs(ClientConfig("instance", eprefix=str(client.eprefix)), ["lab"],
                                      uris, verify_signature=False)
     for path, text in rendered.items():
         Path(path).write_text(text)

@@ -49,6 +49,7 @@ class Lab:
             "serve": {"public_host": "127.0.0.1", "listen_address": "127.0.0.1",
                       "rsync_port": free_port(), "http_port": free_port()},
         })
+        self.site.set("fleet", {"hosts": []})
 
     def build(self, stages=None) -> dict:  # None: the full `inv binhost`
         code, output = self.site.run("binhost", lambda run: jobs.build(run, stages))
@@ -59,13 +60,20 @@ class Lab:
         return json.loads((self.site.root / "state/reports" / f"{job}-latest.json").read_text())["summary"]
 
     def instance(self, name: str, **settings) -> lab.Prefix:
+        """A prefix reached as fleet host ``name`` (through the one sshd), and a binhost client of it."""
         prefix = lab.make_client_prefix(self.base, name, packages=PACKAGES)
-        client = {"name": name, "host": self.ssh.host, "port": self.ssh.port,
-                  "key_filename": self.ssh.key_filename, "known_hosts": self.ssh.known_hosts,
-                  "eprefix": str(prefix.eprefix), "env": {**prefix.env(), TAG: self.instance_tag}, **settings}
+        host = {"name": name, "host": self.ssh.host, "port": self.ssh.port, "key_filename": self.ssh.key_filename,
+                "known_hosts": self.ssh.known_hosts, "root": str(prefix.eprefix)}
+        client = {"host": name, "eprefix": str(prefix.eprefix), "env": {**prefix.env(), TAG: self.instance_tag},
+                  **settings}
+        fleet = self.site.config["fleet"]
+        fleet["hosts"] = [h for h in fleet["hosts"] if h["name"] != name] + [host]
         self.site.config["binhost"]["clients"] = [
-            c for c in self.site.config["binhost"]["clients"] if c["name"] != name] + [client]
+            c for c in self.site.config["binhost"]["clients"] if c["host"] != name] + [client]
         return prefix
+
+    def fleet_host(self, name: str) -> dict:
+        return next(h for h in self.site.config["fleet"]["hosts"] if h["name"] == name)
 
     def update(self, *only: str, mode: str | None = None, dry: bool = False) -> tuple[int, str]:
         return self.site.run("binhost-clients", lambda run: update_clients(run, list(only), mode), dry=dry)
@@ -200,7 +208,8 @@ def test_a_make_conf_portage_cannot_parse_is_left_untouched(binlab):
     code, output = binlab.update("badconf1")
     assert code == 1
     (error,) = [line for line in output.splitlines() if line.startswith("error:")]
-    assert re.fullmatch(f"error: 1 of 1 instance\\(s\\) failed: badconf1: {not_parsable(prefix)}", error), output
+    assert re.fullmatch(f"error: 1 of 1 host\\(s\\) failed to update from the binhost: badconf1: "
+                        f"{not_parsable(prefix)}", error), output
     assert (prefix.etc_portage / "make.conf").read_bytes() == BROKEN_MAKE_CONF
     assert not (prefix.etc_portage / ".make.conf.previous").exists()
     assert prefix.installed() == {}
@@ -216,7 +225,8 @@ def test_a_bad_make_conf_does_not_stop_the_next_instance_and_inv_exits_1_naming_
 
     assert done.returncode == 1, done
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert re.fullmatch(f"error: 1 of 2 instance\\(s\\) failed: badconf2: {not_parsable(bad)}", error), done.stderr
+    assert re.fullmatch(f"error: 1 of 2 host\\(s\\) failed to update from the binhost: badconf2: "
+                        f"{not_parsable(bad)}", error), done.stderr
     assert done.stderr.endswith(error + "\n") and "error:" not in done.stdout
     assert (bad.etc_portage / "make.conf").read_bytes() == BROKEN_MAKE_CONF, "untouched, byte for byte"
     assert not (bad.etc_portage / ".make.conf.previous").exists() and bad.installed() == {}
@@ -225,16 +235,18 @@ def test_a_bad_make_conf_does_not_stop_the_next_instance_and_inv_exits_1_naming_
     assert re.fullmatch(f"FAILED: {not_parsable(bad)}", report["badconf2"])
     assert sorted(report["clients"]["healthy2"]["installed"]) == [f"{atom}-1" for atom in ALL]
     assert list(report["clients"]) == ["healthy2"]
+    assert report["hosts"]["healthy2"] == "ok" and report["hosts"]["badconf2"].startswith("FAILED: ")
 
 
 def test_one_unreachable_instance_does_not_stop_the_others(binlab):
     binlab.instance("good1", mode="direct")
     binlab.instance("gone1", mode="direct")
-    port = binlab.site.config["binhost"]["clients"][-1]["port"] = free_port()  # nobody listens there
+    port = binlab.fleet_host("gone1")["port"] = free_port()  # nobody listens there
     code, output = binlab.update("gone1", "good1")
     assert code == 1
     assert [line for line in output.splitlines() if line.startswith("error:")] == [
-        f"error: 1 of 2 instance(s) failed: gone1: ssh root@127.0.0.1:{port}: connect failed: Connection refused"]
+        f"error: 1 of 2 host(s) failed to update from the binhost: gone1: ssh root@127.0.0.1:{port}: "
+        "connect failed: Connection refused"]
     assert sorted(binlab.summary("binhost-clients")["clients"]["good1"]["installed"]) == [
         f"{atom}-1" for atom in ALL]
 
@@ -256,6 +268,15 @@ def test_dry_run_prints_the_plan_and_changes_nothing_on_the_instance(binlab, mod
 def test_unknown_instance_name_or_mode_is_one_line(binlab):
     code, output = binlab.update("nosuch")
     assert code == 2 and "--only: no instance named 'nosuch'" in output
+    binlab.site.config["binhost"]["clients"].append({"host": "ghost"})
+    try:
+        code, output = binlab.update()
+    finally:
+        binlab.site.config["binhost"]["clients"].pop()
+    known = ", ".join(h["name"] for h in binlab.site.config["fleet"]["hosts"])
+    assert code == 2 and output.splitlines() == [
+        f"binhost.clients[{len(binlab.site.config['binhost']['clients'])}].host: no host 'ghost' in fleet.hosts "
+        f"(known: {known})"]
     code, output = binlab.update(mode="carrier-pigeon")
     assert code == 2 and "--mode: 'carrier-pigeon' is not one of direct, tunnel, tarball" in output
 

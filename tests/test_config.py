@@ -156,6 +156,8 @@ SITE_LINES = 8  # lines write_site writes before `extra`
     ("", {"INVOKE_FLEET_PARALLEL": "0"}, "fleet.parallel: must be at least 1, got 0"),
     ("fleet:\n  hosts: [{name: web1, host: 10.0.0.1, root: srv/img}]\n", {},
      "fleet.hosts[0].root: must be an absolute path, got 'srv/img'"),
+    ("fleet:\n  hosts: [{name: web1, host: 10.0.0.1}]\nbinhost:\n  clients: [{host: web1}, {host: web2}]\n", {},
+     "binhost.clients[1].host: no host 'web2' in fleet.hosts (known: web1)"),
 ])
 def test_a_bad_site_file_or_variable_is_one_line_on_stderr_exit_2_and_nothing_runs(tmp_path, extra, env, message):
     write_site(tmp_path, extra)
@@ -271,6 +273,9 @@ def test_example_site_config_is_valid():
     assert cfg.keep_local_sets == 7
     binhost = load_section("binhost", raw["binhost"])
     assert [c.mode for c in binhost.clients] == ["direct", "tunnel", "tarball"]
+    fleet = load_section("fleet", raw["fleet"])
+    binhost.check_hosts(fleet.names)
+    assert [host.name for host in fleet.hosts if "web" in host.groups] == ["web1", "web2"]
     assert binhost.serve.web_group == "apache"
 
 
@@ -304,23 +309,20 @@ def test_a_section_class_checks_itself_under_the_key_it_is_given():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"clients": [{"name": "a"}]}, "binhost.clients[0].host: required setting is missing"),
-    ({"clients": [{"name": "a", "host": "h", "mode": "ftp"}]},
+    ({"clients": [{"mode": "direct"}]}, "binhost.clients[0].host: required setting is missing"),
+    ({"clients": [{"host": "h", "mode": "ftp"}]},
      "binhost.clients[0].mode: 'ftp' is not one of 'direct', 'tunnel', 'tarball'"),
-    ({"clients": [{"name": "a", "host": "h"}, {"name": "a", "host": "i"}]},
-     "binhost.clients[1].name: 'a' is used twice"),
-    ({"clients": [{"name": "../../etc", "host": "h"}]},
-     "binhost.clients[0].name: '../../etc' is not a name of letters, digits and . _ - (it names the instance's "
-     "directory and log files)"),
-    ({"clients": [{"name": "a", "host": "h", "env": ["PATH=/bin"]}]},
+    ({"clients": [{"host": "a"}, {"host": "a"}]}, "binhost.clients[1].host: 'a' is listed twice"),
+    ({"clients": [{"host": "../../etc"}]},
+     "binhost.clients[0].host: '../../etc' is not the name of a fleet.hosts entry (letters, digits and . _ -)"),
+    ({"clients": [{"host": "h", "env": ["PATH=/bin"]}]},
      "binhost.clients[0].env: expected a mapping, got list"),
+    ({"clients": [{"name": "a", "host": "h"}]}, "binhost.clients[0].name: unknown setting"),
+    ({"clients": [{"host": "h", "port": 22}]}, "binhost.clients[0].port: unknown setting"),
     ({"serve": {"rsync_port": 0}}, "binhost.serve.rsync_port: 0 is not a TCP port (1-65535)"),
     ({"serve": {"http_port": "70000"}}, "binhost.serve.http_port: 70000 is not a TCP port (1-65535)"),
-    ({"clients": [{"name": "a", "host": "h", "port": 0}]}, "binhost.clients[0].port: 0 is not a TCP port (1-65535)"),
-    ({"clients": [{"name": "a", "host": "h", "tunnel_http_port": 65536}]},
+    ({"clients": [{"host": "h", "tunnel_http_port": 65536}]},
      "binhost.clients[0].tunnel_http_port: 65536 is not a TCP port (1-65535)"),
-    ({"clients": [{"name": "a", "host": "h", "connect_timeout": 0}]},
-     "binhost.clients[0].connect_timeout: must be at least 1, got 0"),
     ({"serve": {"url_path": "binpkgs"}}, "binhost.serve.url_path: must start with /, got 'binpkgs'"),
     ({"signing": {"key": "ABCD", "gpg_home": "/k", "verify_home": "/k/"}},
      "binhost.signing.verify_home: must not be the signing keyring (gpg_home); it is made readable by everyone"),

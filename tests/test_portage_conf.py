@@ -26,7 +26,7 @@ from orchestrator.portage_conf import (
     validate_repos_conf,
 )
 
-CLIENT = ClientConfig(name="web1", host="10.0.0.5")
+CLIENT = ClientConfig(host="web1")
 URIS = ClientUris({"gentoo": "rsync://binhost.internal/gentoo", "lab": "rsync://binhost.internal:8873/lab"},
                   "http://binhost.internal/binpkgs")
 REPOS_PATH = "/etc/portage/repos.conf/zz-gentoo-ec2-orchestrator.conf"
@@ -64,7 +64,7 @@ def test_main_repo_is_gentoo_when_published_else_the_first():
 
 
 def test_eprefix_goes_into_paths_and_locations():
-    client = ClientConfig(name="prefixed", host="h", eprefix="/opt/gentoo/")
+    client = ClientConfig(host="prefixed", eprefix="/opt/gentoo/")
     files = render(client=client)
     repos_path = "/opt/gentoo/etc/portage/repos.conf/zz-gentoo-ec2-orchestrator.conf"
     assert repos_path in files
@@ -72,7 +72,7 @@ def test_eprefix_goes_into_paths_and_locations():
     assert validate_repos_conf(files[repos_path], repos_path)["gentoo"]["location"] == "/opt/gentoo/var/db/repos/gentoo"
 
     with pytest.raises(ConfigError, match=r"binhost\.clients\[bad\]\.eprefix"):
-        render(client=ClientConfig(name="bad", host="h", eprefix="/opt/my gentoo"))
+        render(client=ClientConfig(host="bad", eprefix="/opt/my gentoo"))
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -213,7 +213,7 @@ def test_emerge_sync_uses_the_rendered_repos_conf(tmp_path):
     upstream = make_repo(tmp_path / "upstream")
     client = make_client_prefix(tmp_path, "web1", packages=3)
     (tmp_path / "binpkgs").mkdir()
-    config = ClientConfig(name="web1", host="127.0.0.1", eprefix=str(client.eprefix))
+    config = ClientConfig(host="web1", eprefix=str(client.eprefix))
     uris = ClientUris({"lab": f"file://{upstream}/"}, f"file://{tmp_path / 'binpkgs'}")
     install(render_client_configs(config, ["lab"], uris, verify_signature=False))
 
@@ -234,7 +234,7 @@ def test_emerge_sync_from_the_binhosts_rsync_daemon(tmp_path):
                          (RepoFacts("lab", "/var/db/repos/lab", repo),))
     cfg = load_section("binhost", {"serve": {"listen_address": "127.0.0.1"}})
     client = make_client_prefix(tmp_path, "web2", packages=3)
-    config = ClientConfig(name="web2", host="127.0.0.1", eprefix=str(client.eprefix))
+    config = ClientConfig(host="web2", eprefix=str(client.eprefix))
 
     with serving(cfg, facts, tmp_path / "work", rsync_port=free_port(), http_port=0) as server:
         uris = ClientUris({"lab": server.rsync_url("lab")}, server.http_url)

@@ -61,8 +61,8 @@ def test_the_ini_filter_escapes_percent_for_portages_interpolation():
 def test_a_value_with_a_control_character_is_refused_naming_its_setting(bad, what):
     with pytest.raises(ConfigError) as info:
         render("binrepos.conf.j2", {**BINREPOS, "client": bad, "verify_signature": True},
-               settings={"client": "binhost.clients[0].name"})
-    assert str(info.value) == f"binhost.clients[0].name: {bad!r} contains {what}; refused in a generated file"
+               settings={"client": "binhost.clients[0].host"})
+    assert str(info.value) == f"binhost.clients[0].host: {bad!r} contains {what}; refused in a generated file"
 
 
 def test_values_inside_lists_and_dataclasses_are_checked_too():

@@ -26,10 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import BinhostConfig, ClientConfig
-from ..errors import CommandError, ConfigError, OrchestratorError
+from ..config import BinhostConfig, ClientConfig, FleetConfig, HostConfig
+from ..errors import CommandError, ConfigError
 from ..job import JobRun
 from ..portage_conf import ClientUris, legacy_make_conf_block, merge_make_conf, render_client_configs
+from ..fleet import run_on_hosts
 from ..run import RemoteTarget
 from . import signing
 from .exposure import published_repos, url_path
@@ -67,26 +68,32 @@ class ClientOutcome:
 
 
 def update_clients(run: JobRun, only: list[str] | None = None, mode: str | None = None) -> None:
-    """Update every selected instance; one failing instance does not stop the others."""
+    """Update every selected instance, ``fleet.parallel`` at a time (``run_on_hosts``); one failing
+    instance does not stop the others. Each one's outcome is in the report under its name."""
     cfg: BinhostConfig = run.section("binhost")
-    clients = select_clients(cfg, only)
+    fleet: FleetConfig = run.section("fleet")
+    clients = {client.host: client for client in select_clients(cfg, only)}
+    cfg.check_hosts(fleet.names)
     facts = saved_facts(run, cfg)
-    failures = []
-    for client in clients:
-        run.progress.say(f"{client.name}: updating ({mode or client.mode})")
-        try:
-            outcome = update_client(run, cfg, facts, client, mode or client.mode)
-        except OrchestratorError as exc:
-            failures.append(f"{client.name}: {exc}")
-            run.report.summary[client.name] = f"FAILED: {exc}"
-            run.progress.warn(f"{client.name}: {exc}")
+    logs = {name: StreamLog(run, NOTABLE, prefix=f"{name}: ") for name in clients}
+
+    def update(host: HostConfig, remote: RemoteTarget) -> ClientOutcome:
+        client = clients[host.name]
+        run.progress.say(f"{host.name}: updating ({mode or client.mode})")
+        return update_client(run, cfg, facts, client, mode or client.mode, remote, logs[host.name])
+
+    results = run_on_hosts(run, [fleet.host(name) for name in clients], update, what="update from the binhost",
+                           echo_for=lambda host: logs[host.name])
+    for name in clients:
+        if name in results.failed:
+            run.report.summary[name] = f"FAILED: {results.failed[name]}"
             continue
-        run.report.summary[client.name] = outcome.line()
-        run.report.summary.setdefault("clients", {})[client.name] = {
+        outcome = results.succeeded[name]
+        run.report.summary[name] = outcome.line()
+        run.report.summary.setdefault("clients", {})[name] = {
             "mode": outcome.mode, "installed": outcome.installed, "skipped": outcome.skipped,
             "configs_written": outcome.configs_written}
-    if failures:
-        raise OrchestratorError(f"{len(failures)} of {len(clients)} instance(s) failed: {'; '.join(failures)}")
+    results.raise_if_failed("update from the binhost")
 
 
 def select_clients(cfg: BinhostConfig, only: list[str] | None) -> list[ClientConfig]:
@@ -94,12 +101,12 @@ def select_clients(cfg: BinhostConfig, only: list[str] | None) -> list[ClientCon
         raise ConfigError("binhost.clients: no instances configured")
     if not only:
         return list(cfg.clients)
-    known = {client.name: client for client in cfg.clients}
+    known = {client.host: client for client in cfg.clients}
     missing = [name for name in only if name not in known]
     if missing:
         raise ConfigError(f"--only: no instance named {missing[0]!r} in binhost.clients "
                           f"(known: {', '.join(known)})")
-    return [known[name] for name in only]
+    return [known[name] for name in dict.fromkeys(only)]
 
 
 def saved_facts(run: JobRun, cfg: BinhostConfig) -> BinhostFacts:
@@ -109,16 +116,13 @@ def saved_facts(run: JobRun, cfg: BinhostConfig) -> BinhostFacts:
     return BinhostFacts.load(path)
 
 
-def update_client(run: JobRun, cfg: BinhostConfig, facts: BinhostFacts, client: ClientConfig,
-                  mode: str) -> ClientOutcome:
+def update_client(run: JobRun, cfg: BinhostConfig, facts: BinhostFacts, client: ClientConfig, mode: str,
+                  remote: RemoteTarget, log: StreamLog) -> ClientOutcome:
+    """One instance, over ``remote`` (whose echo is ``log``): configs, ``emerge --sync``, ``emerge -uDNGK``."""
     outcome = ClientOutcome(client.name, mode, run.dry)
-    log = StreamLog(run, NOTABLE, prefix=f"{client.name}: ")
-    remote = RemoteTarget(client.host, user=client.user, port=client.port, key_filename=client.key_filename,
-                          connect_timeout=client.connect_timeout, known_hosts=client.known_hosts,
-                          dry=run.dry, echo=log)
     repos = [repo.name for repo in published_repos(cfg, facts)]
     log_dir = output_dir(run, cfg) / "logs"
-    with remote, _reachable(run, cfg, facts, client, remote, mode, repos) as uris:
+    with _reachable(run, cfg, facts, client, remote, mode, repos) as uris:
         if cfg.signing.enabled:
             _trust_binhost_key(run, cfg, client, remote)
         outcome.configs_written = write_configs(remote, client, repos, uris, cfg.signing.enabled)

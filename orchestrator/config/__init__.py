@@ -59,7 +59,7 @@ __all__ = [
     "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "Ec2Config",
     "EncryptionConfig", "FleetConfig", "GeneralConfig", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig",
-    "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig",
-    "Size", "SourceConfig", "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
+    "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig", "Size", "SourceConfig",
+    "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
     "defaults", "from_invoke", "human_size", "load_section", "plain",
 ]

@@ -62,15 +62,13 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """One entry of ``binhost.clients``: an instance (image) that installs our binaries."""
+    """One entry of ``binhost.clients``: an instance (image) that installs our binaries.
 
-    name: str
-    host: str
-    user: str = "root"
-    port: Port = 22
-    key_filename: Path | None = None
-    known_hosts: Path | None = None  # None: accept any host key (fresh EC2 instances)
-    connect_timeout: Annotated[int, Between(1)] = 15
+    ``host`` names an entry of ``fleet.hosts``, which says how to reach it (address, user, key); here is
+    only what is the binhost's. The host's name is the client's name (its log files, its report key).
+    """
+
+    host: str  # the name of a fleet.hosts entry
     mode: Literal["direct", "tunnel", "tarball"] = "direct"
     eprefix: str = ""  # a Gentoo Prefix on the instance; "" = the instance's own /
     legacy_make_conf: bool = False  # also PORTAGE_BINHOST / SYNC in make.conf, for old Portage
@@ -79,6 +77,11 @@ class ClientConfig:
     staging_dir: str = "/var/tmp/gentoo-ec2-orchestrator"  # tarball mode: unpacked here
     env: dict[str, str] = field(default_factory=dict)  # extra environment for emerge there
     timeout: Annotated[int, Between(1)] = 7200  # seconds for one emerge on the instance
+
+    @property
+    def name(self) -> str:
+        """The client's name: its fleet host's name."""
+        return self.host
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,16 @@ class BinhostConfig:
     def check(self, key: str) -> None:
         seen: set[str] = set()
         for i, client in enumerate(self.clients):
-            if not CLIENT_NAME_RE.fullmatch(client.name):
-                raise ConfigError(f"{key}.clients[{i}].name: {client.name!r} is not a name of letters, digits "
-                                  "and . _ - (it names the instance's directory and log files)")
-            if client.name in seen:
-                raise ConfigError(f"{key}.clients[{i}].name: {client.name!r} is used twice")
-            seen.add(client.name)
+            if not CLIENT_NAME_RE.fullmatch(client.host):
+                raise ConfigError(f"{key}.clients[{i}].host: {client.host!r} is not the name of a fleet.hosts "
+                                  "entry (letters, digits and . _ -)")
+            if client.host in seen:
+                raise ConfigError(f"{key}.clients[{i}].host: {client.host!r} is listed twice")
+            seen.add(client.host)
+
+    def check_hosts(self, fleet_names: list[str], key: str = "binhost") -> None:
+        """Every client names a host of the inventory (checked with the whole config, see ``strict``)."""
+        for i, client in enumerate(self.clients):
+            if client.host not in fleet_names:
+                known = ", ".join(fleet_names) or "none"
+                raise ConfigError(f"{key}.clients[{i}].host: no host {client.host!r} in fleet.hosts (known: {known})")

@@ -6,11 +6,14 @@ naming the file, the section, the variable or the dotted key, exit code 2
 
 * a config file given with ``-f`` (or INVOKE_RUNTIME_CONFIG) that does not exist;
 * a top-level section that is neither ours nor invoke's own (``bakup:``);
-* an ``INVOKE_ORCHESTRATOR_*``, ``INVOKE_BACKUP_*``, ``INVOKE_BINHOST_*``, ``INVOKE_KERNEL_*``, ``INVOKE_EC2_*`` or ``INVOKE_FLEET_*``
+* an ``INVOKE_ORCHESTRATOR_*``, ``INVOKE_BACKUP_*``, ``INVOKE_BINHOST_*``, ``INVOKE_KERNEL_*``,
+  ``INVOKE_EC2_*`` or ``INVOKE_FLEET_*``
   variable that names no setting (invoke only maps variables onto keys that
   exist, and ignores the rest without a word);
 * every setting of every section: type, range, and the settings that only
-  make sense together (each section class's ``check``).
+  make sense together (each section class's ``check``);
+* a setting that names something in another section (``binhost.clients[].host``
+  a ``fleet.hosts`` entry).
 
 What needs the machine (a directory exists, gpg can encrypt to a key) is each
 job's preflight; syntax errors in the files are found while invoke reads them
@@ -41,7 +44,14 @@ def check_config(config: Any, environ: Mapping[str, str] | None = None) -> dict[
     check_sections(tree)
     if isinstance(config, Config):
         check_environment(tree, os.environ if environ is None else environ, config._env_prefix)
-    return {name: load_section(name, tree.get(name)) for name in SECTIONS}
+    sections = {name: load_section(name, tree.get(name)) for name in SECTIONS}
+    check_references(sections)
+    return sections
+
+
+def check_references(sections: Mapping[str, Any]) -> None:
+    """Settings of one section that name something in another: ``binhost.clients[].host`` a ``fleet.hosts`` entry."""
+    sections["binhost"].check_hosts(sections["fleet"].names)
 
 
 def check_runtime_file(config: Any) -> None:
