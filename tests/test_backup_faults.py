@@ -93,6 +93,17 @@ def test_sigterm_stops_the_backup_cleanly_and_it_resumes(site, tmp_path):
     assert fingerprint(tmp_path / "r" / site.data.relative_to("/")) == fingerprint(site.data)
 
 
+def stored_parts(db) -> int:
+    """Parts the catalog says are stored; 0 while the file exists but its schema is not made yet."""
+    with sqlite3.connect(db, timeout=5) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM parts WHERE status = 'stored'").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+
+
 def wait_for_stored_part(site, proc, deadline_s: float = 120) -> None:
     """The event: the catalog says a part is stored. The deadline only turns a hang into a failure."""
     db = site.root / "state" / "catalog.sqlite"
@@ -100,10 +111,8 @@ def wait_for_stored_part(site, proc, deadline_s: float = 120) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"backup ended before it could be signalled: {proc.stdout.read().decode()}")
-        if db.exists():
-            with sqlite3.connect(db, timeout=5) as conn:
-                if conn.execute("SELECT COUNT(*) FROM parts WHERE status = 'stored'").fetchone()[0]:
-                    return
+        if db.exists() and stored_parts(db):
+            return
         time.sleep(0.05)
     pytest.fail(f"no part was stored within {deadline_s:.0f} s")
 
