@@ -34,6 +34,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the initramfs images need mknod /dev/console (root)"),
     pytest.mark.skipif(HOST_KERNEL is None, reason="no /boot/vmlinuz-*: sh scripts/install-deps --test installs "
                                                    "linux-image-cloud-amd64"),
+    pytest.mark.slow,  # 20-25 s a test on 2 idle cores, 35-47 s on a busy build box: TCG, two boots each
     pytest.mark.timeout(600),  # hangs fail in the guest's own deadline first, with the console's tail
 ]
 
