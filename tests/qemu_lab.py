@@ -49,7 +49,7 @@ DISK_SIZE = 96 << 20
 GRUB_PC = Path("/usr/lib/grub/i386-pc")
 HEADER_SCRIPT = Path("/etc/grub.d/00_header")
 CORE_MODULES = ("biosdisk", "part_msdos", "ext2")
-BOOT_TIMEOUT_S = 300.0  # only turns a hang into a failure: a boot through GRUB takes ~10 s under TCG
+BOOT_TIMEOUT_S = 300.0  # only turns a hang into a failure: a boot through GRUB takes 8-20 s under TCG
 DEFAULT_GRUB = Path(__file__).parent / "bootcfg_corpus" / "gentoo.default-grub"  # sys-boot/grub's own
 TOOLS = ("qemu-system-x86_64", "grub-mkimage", "grub-editenv", "sfdisk", "mkfs.ext4", "debugfs", "cpio")
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[c()][0-9A-Za-z]?")
@@ -331,7 +331,11 @@ def booted(disk: Path, log: Path, timeout: float = BOOT_TIMEOUT_S) -> Iterator[G
     with open(log.with_suffix(".stderr"), "wb") as stderr:
         proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *qemu_argv(disk)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
-    guest = Guest(proc, log, timeout)
+    try:
+        guest = Guest(proc, log, timeout)
+    except BaseException:
+        stop_group(proc)
+        raise
     try:
         yield guest
     finally:
