@@ -102,20 +102,21 @@ exec /bin/busybox sleep 3600
 INIT_MARKER = "geo-init: up on "
 
 
-def busybox_initramfs(dest: Path) -> Path:
-    """A gzip'd newc cpio: busybox-static as /bin/sh, /dev/console, and an /init that says the release."""
-    tree = dest / "initramfs-tree"
+def busybox_initramfs(dest: Path, init: str = INIT, name: str = "initramfs.cpio.gz") -> Path:
+    """A gzip'd newc cpio ``dest/name``: busybox-static as /bin/sh, /dev/console, and ``init`` as /init
+    (by default one that says the release)."""
+    tree = dest / f"{name}.tree"
     for directory in ("bin", "dev", "proc"):
         (tree / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy2("/bin/busybox", tree / "bin" / "busybox")
     (tree / "bin" / "sh").symlink_to("busybox")
     os.mknod(tree / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
-    (tree / "init").write_text(INIT)
+    (tree / "init").write_text(init)
     (tree / "init").chmod(0o755)
     names = subprocess.run(["find", "."], cwd=tree, capture_output=True, check=True).stdout
     archive = subprocess.run(["cpio", "--create", "--format=newc", "--quiet"], cwd=tree, input=names,
                              capture_output=True, check=True).stdout
-    image = dest / "initramfs.cpio.gz"
+    image = dest / name
     image.write_bytes(gzip.compress(archive, compresslevel=1))
     return image
 
