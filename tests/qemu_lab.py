@@ -69,11 +69,15 @@ def missing_tools() -> list[str]:
     return missing + ([str(p) for p in (GRUB_PC / "boot.img", HEADER_SCRIPT) if not p.exists()])
 
 
-def host_kernel() -> Path | None:
-    """This machine's newest kernel image in /boot (Debian's linux-image-cloud-amd64), or None."""
+TEST_KERNEL_DIR = Path(os.environ.get("TEST_KERNEL_DIR", "/var/cache/gentoo-ec2-orchestrator/test-kernel"))
+
+
+def test_kernel() -> Path | None:
+    """Debian's cloud kernel as scripts/install-deps --test unpacks it (never installed: the build box's
+    /boot is its own), or None."""
     def version_key(path: Path) -> list:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-    found = sorted(Path("/boot").glob("vmlinuz-*"), key=version_key)
+    found = sorted((TEST_KERNEL_DIR / "boot").glob("vmlinuz-*"), key=version_key)
     return found[-1] if found else None
 
 

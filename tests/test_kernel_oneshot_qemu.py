@@ -9,9 +9,9 @@ what this machine's own ``/etc/grub.d/00_header`` emits for those settings, its 
 as 10_linux lays them out (see ``qemu_lab``). GRUB (grub-pc-bin, i386-pc) runs from a raw disk image:
 no loop devices, no mounts.
 
-Both kernels are this machine's Debian cloud kernel (it boots fastest under TCG); what tells them apart
-is their entry and their initramfs: the "broken" one's /init exits, so the kernel panics, and
-``panic=N`` reboots the guest (qemu resets it: no ``-no-reboot``); a good /init prints a marker with
+Both kernels are Debian's cloud kernel (it boots fastest under TCG), unpacked by install-deps --test,
+never installed; what tells them apart is their entry and their initramfs: the "broken" one's /init
+exits, so the kernel panics, and ``panic=N`` reboots the guest (qemu resets it: no ``-no-reboot``); a good /init prints a marker with
 its command line and powers off, which ends qemu.
 """
 
@@ -28,12 +28,10 @@ from orchestrator.bootcfg import cmdline, validate
 from orchestrator.bootcfg.grubenv import new_grubenv
 from orchestrator.kernel import oneshot
 
-HOST_KERNEL = qemu_lab.host_kernel()
+KERNEL = qemu_lab.test_kernel()
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the initramfs images need mknod /dev/console (root)"),
-    pytest.mark.skipif(HOST_KERNEL is None, reason="no /boot/vmlinuz-*: sh scripts/install-deps --test installs "
-                                                   "linux-image-cloud-amd64"),
     pytest.mark.slow,  # 20-25 s a test on 2 idle cores, 35-47 s on a busy build box: TCG, two boots each
     pytest.mark.timeout(600),  # hangs fail in the guest's own deadline first, with the console's tail
 ]
@@ -58,6 +56,8 @@ def parts(tmp_path_factory):
     base = tmp_path_factory.mktemp("oneshot-parts")
     missing = qemu_lab.missing_tools()
     assert not missing, f"missing {missing}: sh scripts/install-deps --test installs them"
+    assert KERNEL is not None, (f"no {qemu_lab.TEST_KERNEL_DIR}/boot/vmlinuz-*: sh scripts/install-deps --test "
+                                "unpacks Debian's cloud kernel there")
     return {
         "old": busybox_initramfs(base, GOOD_INIT.format(name="old"), "old.img"),
         "new": busybox_initramfs(base, GOOD_INIT.format(name="new"), "new.img"),
@@ -68,11 +68,11 @@ def parts(tmp_path_factory):
 
 def kernels(parts, new_init: str) -> tuple[qemu_lab.Kernel, qemu_lab.Kernel]:
     """(new, old): the new one with ``panic=N`` added to its command line only."""
-    release = HOST_KERNEL.name.removeprefix("vmlinuz-")
+    release = KERNEL.name.removeprefix("vmlinuz-")
     base = qemu_lab.kernel_cmdline(parts["settings"])
-    new = qemu_lab.Kernel(f"{release}-new", HOST_KERNEL, parts[new_init],
+    new = qemu_lab.Kernel(f"{release}-new", KERNEL, parts[new_init],
                           cmdline.set_params(base, dict([oneshot.panic_param(PANIC_S)])))
-    old = qemu_lab.Kernel(release, HOST_KERNEL, parts["old"], base)
+    old = qemu_lab.Kernel(release, KERNEL, parts["old"], base)
     return new, old
 
 
