@@ -12,7 +12,28 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from children import no_sshd_session_left  # noqa: E402
+from daemons import group_members  # noqa: E402
 from orchestrator.job import execute  # noqa: E402
+from sshd import running_sshd  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on a loopback port for the module; after it, its listener and every child are gone."""
+    tmp = tmp_path_factory.mktemp("sshd")
+    with running_sshd(tmp) as server:
+        listener = int((tmp / "sshd.pid").read_text())
+        yield server
+    assert not Path(f"/proc/{listener}").exists() and group_members(listener) == []
+
+
+@pytest.fixture
+def every_session_ends(sshd):
+    """After the test, every SSH connection it opened is closed: sshd has no per-connection process left
+    (``pytestmark = pytest.mark.usefixtures("every_session_ends")`` for a whole module)."""
+    yield
+    no_sshd_session_left(sshd)
 
 
 class Site:

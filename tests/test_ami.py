@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import test_s3_store
-from children import finished, no_sshd_session_left
+from children import finished
 from conftest import summary_value
 from ec2_lab import Sent, job_run, launch, record
 from moto_server import running_moto
@@ -27,7 +27,6 @@ from orchestrator import ec2
 from orchestrator.errors import EXIT_CONFIG, EXIT_FAILED
 from orchestrator.job import execute
 from orchestrator.kernel import ami
-from sshd import running_sshd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).with_name("inv")
@@ -320,16 +319,8 @@ def test_an_instance_booting_uefi_while_the_image_says_bios_is_warned(lab, monke
 
 
 # --host without an instance id: the host tells it over SSH (a real sshd on a loopback port) ----------
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
-@pytest.fixture
-def every_session_ends(sshd):
-    yield
-    no_sshd_session_left(sshd)
 
 
 def reached_over_ssh(lab: AmiLab, sshd, asset_tag: str) -> AmiLab:

@@ -24,7 +24,6 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.faults import ENV as CRASH_ENV
 from orchestrator.run import ChrootTarget, LocalTarget, RemoteTarget
 from orchestrator.run.files import FILE_POINTS, PREVIOUS_KEPT, atomic_write
-from sshd import SshServer, running_sshd
 from test_chroot_target import assert_nothing_leaked
 
 pytestmark = [
@@ -37,10 +36,6 @@ PLACES = ("local", "chroot", "remote")
 NEEDS_VALID = ["grep", "-q", "^valid", "{}"]  # host grep and busybox grep alike
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SshServer:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @dataclass

@@ -22,25 +22,14 @@ from orchestrator.config import load_section
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.fleet import run_on_hosts, select_hosts
 from orchestrator.fleet.runner import ABORT_WAIT
-from sshd import SshServer, free_port, running_sshd
+from sshd import SshServer, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("every_session_ends")]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SshServer:
-    tmp = tmp_path_factory.mktemp("sshd")
-    with running_sshd(tmp) as server:
-        listener = int((tmp / "sshd.pid").read_text())
-        yield server
-    assert not Path(f"/proc/{listener}").exists() and group_members(listener) == []
 
 
-@pytest.fixture(autouse=True)
-def every_session_ends(sshd):
-    yield
-    no_sshd_session_left(sshd)
 
 
 def entry(sshd: SshServer, name: str, root: Path, **settings) -> dict:

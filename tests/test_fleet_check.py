@@ -12,32 +12,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from children import finished, no_sshd_session_left
+from children import finished
 from conftest import Site
-from daemons import group_members
 from orchestrator.config import load_section
 from orchestrator.fleet import connect
 from orchestrator.fleet.facts import HostFacts, gather, parse
-from sshd import SshServer, free_port, running_sshd
+from sshd import SshServer, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("every_session_ends")]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNAME = os.uname()
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SshServer:
-    tmp = tmp_path_factory.mktemp("sshd")
-    with running_sshd(tmp) as server:
-        listener = int((tmp / "sshd.pid").read_text())
-        yield server
-    assert not Path(f"/proc/{listener}").exists() and group_members(listener) == []
 
 
-@pytest.fixture(autouse=True)
-def every_session_ends(sshd):
-    yield
-    no_sshd_session_left(sshd)
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

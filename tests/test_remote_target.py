@@ -20,32 +20,19 @@ from pathlib import Path
 import pytest
 
 from children import HANG_S, no_sshd_session_left, wait_gone, wait_until
-from daemons import group_members
 from orchestrator.errors import CommandError, ConfigError, Interrupted, OrchestratorError
 from orchestrator.run import RemoteTarget
 from orchestrator.run.remote import remote_command
 from orchestrator.signals import terminate_unwinds
-from sshd import SshServer, free_port, running_sshd
+from sshd import SshServer, free_port
 
-pytestmark = pytest.mark.timeout(180)  # above children.HANG_S: a hang fails in a wait that names it
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("every_session_ends")]  # above children.HANG_S: a hang fails in a wait that names it
 
 PY_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SshServer:
-    tmp = tmp_path_factory.mktemp("sshd")
-    with running_sshd(tmp) as server:
-        listener = int((tmp / "sshd.pid").read_text())
-        yield server
-    assert not Path(f"/proc/{listener}").exists() and group_members(listener) == []
 
 
-@pytest.fixture(autouse=True)
-def every_session_ends(sshd):
-    """After each test, every SSH connection it opened is closed: sshd has no per-connection process left."""
-    yield
-    no_sshd_session_left(sshd)
 
 
 def connect(server: SshServer, **kwargs) -> RemoteTarget:
