@@ -341,3 +341,48 @@ def _with_args(command: Command, value: str) -> Line:
     if not command.args:
         return command.line.with_body(body + " " + value)
     return command.line.with_body(splice(body, [(command.args_start, command.args_start + len(command.args), value)]))
+
+
+# --- removing an entry ------------------------------------------------------------------
+
+def entry_kernel(entry: MenuEntry) -> str:
+    """The kernel image path of an entry (``/boot/vmlinuz-6.1.0``), "" when it has no ``kernel`` line."""
+    command = entry.get("kernel")
+    ws = command.args.split() if command else []
+    return ws[0] if ws else ""
+
+
+def remove_entry(text: str, name: str, title: str) -> str:
+    """``text`` without the entry titled ``title``; ``default N`` and ``fallback`` renumbered so each still
+    means the entry it meant (entries count from 0 in file order, and this one's successors move up).
+
+    Refused, one line: the default entry, a fallback entry, and any entry under ``default saved`` (the
+    saved number lives in ``/boot/grub/default``, which GRUB rewrites itself and this text cannot see).
+    The entry's lines go, with the blank lines after it; comments before the next title stay.
+    """
+    menu = parse_menu(text, name)
+    entry = find_entry(menu, title, name)
+    default, fallback = menu.get("default"), menu.get("fallback")
+    if default and default.args == "saved":
+        raise refuse(name, default.line.number, f"'default saved': cannot remove {title!r} without renumbering "
+                     "the saved default (set a numbered default first)")
+    index = int(default.args) if default else 0
+    if index == entry.index:
+        raise refuse(name, entry.commands[0].line.number, f"{title!r} is the default entry: not removed")
+    fallbacks = [int(n) for n in fallback.args.split()] if fallback else []
+    if entry.index in fallbacks:
+        raise refuse(name, fallback.line.number, f"{title!r} is a fallback entry: not removed")
+    lines = list(menu.lines)
+    start, last = lines.index(entry.commands[0].line), lines.index(entry.commands[-1].line)
+    end = last + 1
+    while end < len(lines) and not lines[end].body.strip():
+        end += 1
+    kept = lines[:start] + lines[end:]
+    if kept and not kept[-1].end and start < len(lines) and start == len(kept):
+        kept[-1] = Line(0, kept[-1].body, lines[end - 1].end)  # the removed entry held the file's final newline
+    menu = parse_menu(join_lines(kept), name)
+    if default and index > entry.index:
+        menu = _set_global(menu, "default", str(index - 1), name)
+    if fallback:
+        menu = _set_global(menu, "fallback", " ".join(str(n - 1 if n > entry.index else n) for n in fallbacks), name)
+    return join_lines(menu.lines)
