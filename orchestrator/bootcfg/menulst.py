@@ -377,10 +377,7 @@ def remove_entry(text: str, name: str, title: str) -> str:
     end = last + 1
     while end < len(lines) and not lines[end].body.strip():
         end += 1
-    kept = lines[:start] + lines[end:]
-    if kept and not kept[-1].end and start < len(lines) and start == len(kept):
-        kept[-1] = Line(0, kept[-1].body, lines[end - 1].end)  # the removed entry held the file's final newline
-    menu = parse_menu(join_lines(kept), name)
+    menu = parse_menu(join_lines(lines[:start] + lines[end:]), name)
     if default and index > entry.index:
         menu = _set_global(menu, "default", str(index - 1), name)
     if fallback:

@@ -13,8 +13,10 @@ What a host ends in, and what it means:
 A run exits 0 only when every host is ``deployed`` (or already was); 75
 (EX_TEMPFAIL, "come back later") when the worst is ``armed``; 1 when a host failed.
 State on the host: ``<staging_dir>/state.json`` (release, old and new boot entries,
-the boot id at arming, the files changed), written after arming, read by reruns
-and by rollback.
+the boot id at arming, the files changed, and ``installed``: every release deploy
+installed there, oldest first, which ``keep_kernels`` prunes by), written after
+arming, read by reruns and by rollback. Once a host is proven on the new kernel,
+``prune.prune_host`` removes deploy's own older kernels beyond ``keep_kernels``.
 """
 
 from __future__ import annotations
@@ -60,11 +62,6 @@ class DeployFacts:
     instance_id: str = ""  # fleet.hosts[].instance_id, else the DMI asset tag, else IMDSv2 (root / only)
     root_device: str = ""
     nvme: dict[str, str] = field(default_factory=dict)  # "nvme0n1" -> "vol-0abc..." (fleet.facts)
-
-    @property
-    def history(self) -> list[str]:
-        """The releases deploy installed on this host, oldest first (``installed`` in the state file)."""
-        return [r for r in self.state.get("installed", []) if isinstance(r, str)]
 
 
 @dataclass
