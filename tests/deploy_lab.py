@@ -16,6 +16,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import boto3
+
+from moto_server import FAKE_CREDENTIALS
 from orchestrator.bootcfg.grubenv import new_grubenv
 from orchestrator.config import load_section
 from orchestrator.kernel import artifacts, deploy
@@ -195,3 +198,29 @@ def lab_reboot(tmp: Path, roots_by_port: dict[int, Path]) -> list[str]:
     script.write_text(LAB_REBOOT)
     script.chmod(0o755)
     return [str(script), str(table), str(fake_reboot(tmp)), repo_dir()]
+
+
+def instance(moto) -> str:
+    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **lab_creds())
+    image = client.describe_images()["Images"][0]["ImageId"]
+    return client.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+
+def lab_creds():
+    return {"aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+def ec2_access(moto, monkeypatch, calls=None):
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    from orchestrator import ec2
+
+    def client(region):
+        made = ec2.ec2_client(ec2.Ec2Settings(region="us-east-1", endpoint_url=moto.endpoint_url), region=region)
+        if calls is not None:
+            made.meta.events.register("provide-client-params.ec2.*", lambda params, model, **kw: calls.append(
+                (model.name, params)))
+        return made
+
+    return deploy.Ec2Access(client, snapshot_wait_timeout=30, poll_seconds=0)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
-from deploy_lab import NEW, OLD, Run, do_deploy, fake_reboot, make_root, publish_set, repo_dir, settings, target_for, tree
-from moto_server import FAKE_CREDENTIALS, running_moto
+from deploy_lab import (NEW, OLD, Run, do_deploy, ec2_access, fake_reboot, instance, make_root, publish_set, repo_dir,
+                        settings, target_for, tree)
+from moto_server import running_moto
 from orchestrator.bootcfg.grubenv import parse_grubenv
 from orchestrator.bootcfg.menulst import default_title
 from orchestrator.errors import OrchestratorError
@@ -110,32 +110,6 @@ def test_reboot_into_the_old_kernel_fails_and_keeps_the_old_default(sshd, lab, t
     assert env_of(root)["saved_entry"] == "gnulinux-advanced-x>gnulinux-6.1.0-old-advanced-x"
     with pytest.raises(OrchestratorError, match="failed on web1"):
         deploy.summarize(run, {"web1": outcome}, {})
-
-
-def instance(moto) -> str:
-    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **_creds())
-    image = client.describe_images()["Images"][0]["ImageId"]
-    return client.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-
-
-def _creds():
-    return {"aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
-
-
-def ec2_access(moto, monkeypatch, calls=None):
-    for key, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    from orchestrator import ec2
-
-    def client(region):
-        made = ec2.ec2_client(ec2.Ec2Settings(region="us-east-1", endpoint_url=moto.endpoint_url), region=region)
-        if calls is not None:
-            made.meta.events.register("provide-client-params.ec2.*", lambda params, model, **kw: calls.append(
-                (model.name, params)))
-        return made
-
-    return deploy.Ec2Access(client, snapshot_wait_timeout=30, poll_seconds=0)
 
 
 def test_snapshot_is_tagged_with_host_and_kernels(sshd, lab, moto, monkeypatch):

@@ -11,14 +11,14 @@ import json
 import boto3
 import pytest
 
-from deploy_lab import OLD, Run, do_deploy, fake_reboot, make_root, publish_set, repo_dir, settings, target_for
+from deploy_lab import (OLD, Run, do_deploy, ec2_access, fake_reboot, instance, lab_creds, make_root, publish_set,
+                        repo_dir, settings, target_for)
 from moto_server import running_moto
 from orchestrator.bootcfg import menulst
 from orchestrator.bootcfg.text import BootConfigError
 from orchestrator.kernel import deploy, prune
 from orchestrator.kernel.install import HostRoot
 from sshd import running_sshd
-from test_kernel_deploy import _creds, ec2_access, instance
 
 A, B, C = "6.6.1-a", "6.6.2-b", "6.6.3-c"
 HAND = "5.15.0-hand"
@@ -86,7 +86,7 @@ def test_three_deploys_with_keep_2_remove_our_oldest_and_keep_the_hand_installed
 
 
 LEGACY = f"""default 3
-fallback 2
+fallback 2 1 0
 timeout 3
 
 title Gentoo Linux {OLD}
@@ -117,10 +117,10 @@ def test_legacy_prune_removes_the_entry_before_the_files_and_renumbers(sshd, tmp
     with target_for(sshd, run) as target:
         done = prune.prune_host(run, target, HostRoot(str(root)), loader="grub-legacy", running=C, state=state,
                                 keep=1, staged_image_dir=str(root / STAGING / "web"), current=C)
-    # B is the fallback entry: it stays though keep_kernels is 1
+    # B is the first fallback entry: it stays though keep_kernels is 1; A, a later one, goes from the list too
     assert done.removed == [A] and done.kept_foreign == [OLD]
     menu = (root / "boot/grub/menu.lst").read_text()
-    assert f"Gentoo Linux {A}" not in menu and menu.startswith("default 2\nfallback 1\n")
+    assert f"Gentoo Linux {A}" not in menu and menu.startswith("default 2\nfallback 1 0\n")
     parsed = menulst.parse_menu(menu)
     assert [e.title for e in parsed.entries] == [f"Gentoo Linux {r}" for r in (OLD, B, C)]
     assert menulst.default_title(menu) == f"Gentoo Linux {C}"
@@ -141,8 +141,8 @@ def test_plan_is_ours_beyond_the_newest_keep_never_protected():
     assert prune.grub2_entry_release("gnulinux-simple-x") == ""
 
 
-def test_remove_entry_refuses_the_default_a_fallback_and_default_saved():
-    for title, why in ((C, "is the default entry"), (B, "is a fallback entry")):
+def test_remove_entry_refuses_the_default_the_first_fallback_and_default_saved():
+    for title, why in ((C, "is the default entry"), (B, "is the first fallback entry")):
         with pytest.raises(BootConfigError, match=why):
             menulst.remove_entry(LEGACY, "menu.lst", f"Gentoo Linux {title}")
     with pytest.raises(BootConfigError, match=r"^menu.lst:1: 'default saved'"):
@@ -178,7 +178,7 @@ def test_snapshot_with_the_instance_id_learnt_from_the_hosts_dmi_asset_tag(sshd,
     run, outcome = do_deploy(sshd, root, out, ec2=ec2_access(moto, monkeypatch, calls),
                              spec=deploy.HostSpec("web1", str(root)))  # no instance_id in the config
     assert outcome.status == "armed" and outcome.snapshot.startswith("snap-")
-    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **_creds())
+    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **lab_creds())
     volume = client.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
         "BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
     assert dict(calls)["CreateSnapshot"]["VolumeId"] == volume

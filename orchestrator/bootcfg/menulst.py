@@ -356,8 +356,11 @@ def remove_entry(text: str, name: str, title: str) -> str:
     """``text`` without the entry titled ``title``; ``default N`` and ``fallback`` renumbered so each still
     means the entry it meant (entries count from 0 in file order, and this one's successors move up).
 
-    Refused, one line: the default entry, a fallback entry, and any entry under ``default saved`` (the
-    saved number lives in ``/boot/grub/default``, which GRUB rewrites itself and this text cannot see).
+    Refused, one line: the default entry, the first fallback (what GRUB boots when the default cannot be
+    loaded: deploy's previous kernel), and any entry under ``default saved`` (the saved number lives in
+    ``/boot/grub/default``, which GRUB rewrites itself and this text cannot see). A later fallback is taken
+    out of the ``fallback`` list with its entry: ``arm_oneshot`` prepends each previous kernel, so without
+    this the list would grow with every deploy and keep every kernel forever.
     The entry's lines go, with the blank lines after it; comments before the next title stay.
     """
     menu = parse_menu(text, name)
@@ -370,8 +373,8 @@ def remove_entry(text: str, name: str, title: str) -> str:
     if index == entry.index:
         raise refuse(name, entry.commands[0].line.number, f"{title!r} is the default entry: not removed")
     fallbacks = [int(n) for n in fallback.args.split()] if fallback else []
-    if entry.index in fallbacks:
-        raise refuse(name, fallback.line.number, f"{title!r} is a fallback entry: not removed")
+    if fallbacks[:1] == [entry.index]:
+        raise refuse(name, fallback.line.number, f"{title!r} is the first fallback entry: not removed")
     lines = list(menu.lines)
     start, last = lines.index(entry.commands[0].line), lines.index(entry.commands[-1].line)
     end = last + 1
@@ -381,5 +384,6 @@ def remove_entry(text: str, name: str, title: str) -> str:
     if default and index > entry.index:
         menu = _set_global(menu, "default", str(index - 1), name)
     if fallback:
-        menu = _set_global(menu, "fallback", " ".join(str(n - 1 if n > entry.index else n) for n in fallbacks), name)
+        left = [n - 1 if n > entry.index else n for n in fallbacks if n != entry.index]
+        menu = _set_global(menu, "fallback", " ".join(str(n) for n in left), name)
     return join_lines(menu.lines)
