@@ -8,15 +8,27 @@ and a new boot id: the nearest thing to a reboot a test root has.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+import boto3
+
+from moto_server import FAKE_CREDENTIALS
 from orchestrator.bootcfg.grubenv import new_grubenv
-from orchestrator.kernel import artifacts
+from orchestrator.config import load_section
+from orchestrator.kernel import artifacts, deploy
+from orchestrator.kernel.install import find_set
+from orchestrator.progress import Progress
+from orchestrator.report import RunReport
+from orchestrator.run.remote import RemoteTarget
 
 OLD = "6.1.0-old"
+NEW = "6.6.0-new"
 DISTRO = "Gentoo"
 
 GRUB_CFG = """set default="${saved_entry}"
@@ -128,3 +140,87 @@ def tree(root: Path) -> dict[str, bytes]:
     """Every file under root (relative path -> bytes), to compare before and after."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
             and not os.path.islink(p)}
+
+
+class Run:
+    """The parts of JobRun deploy uses, with its output captured."""
+
+    def __init__(self, dry=False):
+        self.dry = dry
+        self.lines: list[str] = []
+        self.report = RunReport("deploy-kernel", dry=dry)
+        self.progress = Progress("plain", stream=io.StringIO())
+
+    def echo(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def target_for(sshd, run):
+    return RemoteTarget(sshd.host, port=sshd.port, user=sshd.user, key_filename=sshd.key_filename,
+                        known_hosts=sshd.known_hosts, dry=run.dry, echo=run.echo)
+
+
+def settings(**over):
+    return load_section("kernel", {"deploy": {"boot_timeout": 3, **over}}).deploy
+
+
+def do_deploy(sshd, root, out, *, run=None, reboot=False, ec2=None, spec=None, version="", **over):
+    """Deploy the published set (``latest`` unless ``version``) to ``root`` over ``sshd``; ``(run, outcome)``."""
+    run = run or Run()
+    spec = spec or deploy.HostSpec("web1", str(root))
+
+    @contextmanager
+    def reconnect():
+        with target_for(sshd, run) as fresh:
+            yield fresh
+
+    with target_for(sshd, run) as target:
+        outcome = deploy.deploy_host(run, target, spec, find_set(out, "web", version), settings(**over), reboot=reboot,
+                                     snapshot=ec2 is not None, ec2=ec2, reconnect=reconnect)
+    return run, outcome
+
+
+LAB_REBOOT = r'''#!/usr/bin/env python3
+"""The reboot command of several lab hosts behind several sshd: the sshd port the command came in on
+($SSH_CONNECTION's 4th field) names the host's root; then FAKE_REBOOT plays GRUB on that root."""
+import json, os, sys
+table, fake, repo = sys.argv[1:4]
+port = os.environ["SSH_CONNECTION"].split()[3]
+os.execv(sys.executable, [sys.executable, fake, json.load(open(table))[port], repo])
+'''
+
+
+def lab_reboot(tmp: Path, roots_by_port: dict[int, Path]) -> list[str]:
+    """A ``kernel.deploy.reboot_command`` for hosts that are roots behind different sshd ports."""
+    table = tmp / "reboot-table.json"
+    table.write_text(json.dumps({str(port): str(root) for port, root in roots_by_port.items()}))
+    script = tmp / "lab-reboot"
+    script.write_text(LAB_REBOOT)
+    script.chmod(0o755)
+    return [str(script), str(table), str(fake_reboot(tmp)), repo_dir()]
+
+
+def instance(moto) -> str:
+    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **lab_creds())
+    image = client.describe_images()["Images"][0]["ImageId"]
+    return client.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+
+def lab_creds():
+    return {"aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+def ec2_access(moto, monkeypatch, calls=None):
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    from orchestrator import ec2
+
+    def client(region):
+        made = ec2.ec2_client(ec2.Ec2Settings(region="us-east-1", endpoint_url=moto.endpoint_url), region=region)
+        if calls is not None:
+            made.meta.events.register("provide-client-params.ec2.*", lambda params, model, **kw: calls.append(
+                (model.name, params)))
+        return made
+
+    return deploy.Ec2Access(client, snapshot_wait_timeout=30, poll_seconds=0)

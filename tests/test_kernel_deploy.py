@@ -10,40 +10,19 @@ saying so is asserted.
 
 from __future__ import annotations
 
-import io
-from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
 import pytest
 
-from deploy_lab import OLD, fake_reboot, make_root, publish_set, repo_dir, tree
-from moto_server import FAKE_CREDENTIALS, running_moto
+from deploy_lab import (NEW, OLD, Run, do_deploy, ec2_access, fake_reboot, instance, make_root, publish_set, repo_dir,
+                        settings, target_for, tree)
+from moto_server import running_moto
 from orchestrator.bootcfg.grubenv import parse_grubenv
 from orchestrator.bootcfg.menulst import default_title
-from orchestrator.config import load_section
 from orchestrator.errors import OrchestratorError
 from orchestrator.kernel import deploy
 from orchestrator.kernel.install import find_set
-from orchestrator.progress import Progress
-from orchestrator.report import RunReport
-from orchestrator.run.remote import RemoteTarget
 from sshd import running_sshd
-
-NEW = "6.6.0-new"
-
-
-class Run:
-    """The parts of JobRun deploy uses, with its output captured."""
-
-    def __init__(self, dry=False):
-        self.dry = dry
-        self.lines: list[str] = []
-        self.report = RunReport("deploy-kernel", dry=dry)
-        self.progress = Progress("plain", stream=io.StringIO())
-
-    def echo(self, line: str) -> None:
-        self.lines.append(line)
 
 
 @pytest.fixture(scope="module")
@@ -58,36 +37,12 @@ def moto():
         yield server
 
 
-def target_for(sshd, run):
-    return RemoteTarget(sshd.host, port=sshd.port, user=sshd.user, key_filename=sshd.key_filename,
-                        known_hosts=sshd.known_hosts, dry=run.dry, echo=run.echo)
-
-
-def settings(**over):
-    return load_section("kernel", {"deploy": {"boot_timeout": 3, **over}}).deploy
-
-
 @pytest.fixture
 def lab(tmp_path):
     out = tmp_path / "out"
     publish_set(out, "web", NEW, tmp_path)
     root = make_root(tmp_path / "root")
     return out, root
-
-
-def do_deploy(sshd, root, out, *, run=None, reboot=False, ec2=None, spec=None, **over):
-    run = run or Run()
-    spec = spec or deploy.HostSpec("web1", str(root))
-
-    @contextmanager
-    def reconnect():
-        with target_for(sshd, run) as fresh:
-            yield fresh
-
-    with target_for(sshd, run) as target:
-        outcome = deploy.deploy_host(run, target, spec, find_set(out, "web"), settings(**over), reboot=reboot,
-                                     snapshot=ec2 is not None, ec2=ec2, reconnect=reconnect)
-    return run, outcome
 
 
 def env_of(root: Path) -> dict:
@@ -155,32 +110,6 @@ def test_reboot_into_the_old_kernel_fails_and_keeps_the_old_default(sshd, lab, t
     assert env_of(root)["saved_entry"] == "gnulinux-advanced-x>gnulinux-6.1.0-old-advanced-x"
     with pytest.raises(OrchestratorError, match="failed on web1"):
         deploy.summarize(run, {"web1": outcome}, {})
-
-
-def instance(moto) -> str:
-    client = boto3.client("ec2", endpoint_url=moto.endpoint_url, region_name="us-east-1", **_creds())
-    image = client.describe_images()["Images"][0]["ImageId"]
-    return client.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-
-
-def _creds():
-    return {"aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
-
-
-def ec2_access(moto, monkeypatch, calls=None):
-    for key, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    from orchestrator import ec2
-
-    def client(region):
-        made = ec2.ec2_client(ec2.Ec2Settings(region="us-east-1", endpoint_url=moto.endpoint_url), region=region)
-        if calls is not None:
-            made.meta.events.register("provide-client-params.ec2.*", lambda params, model, **kw: calls.append(
-                (model.name, params)))
-        return made
-
-    return deploy.Ec2Access(client, snapshot_wait_timeout=30, poll_seconds=0)
 
 
 def test_snapshot_is_tagged_with_host_and_kernels(sshd, lab, moto, monkeypatch):

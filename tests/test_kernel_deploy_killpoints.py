@@ -16,16 +16,16 @@ import sys
 
 import pytest
 
-from deploy_lab import OLD, make_root, publish_set
+from deploy_lab import NEW, OLD, make_root, publish_set
 from orchestrator.bootcfg.grubenv import parse_grubenv
 from orchestrator.faults import ENV, KERNEL_DEPLOY_POINTS
 from sshd import running_sshd
-from test_kernel_deploy import NEW
+
 
 CHILD = """
 import sys, json
 sys.path.insert(0, {tests!r})
-from test_kernel_deploy import Run, do_deploy
+from deploy_lab import do_deploy
 from sshd import SshServer
 server = SshServer(**json.loads({server!r}))
 from pathlib import Path

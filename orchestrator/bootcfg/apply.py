@@ -63,19 +63,25 @@ def nvme_table(serials: Mapping[str, str], mappings: Mapping[str, str]) -> dict[
     return table
 
 
-def gather_facts(target, root: str, to: str, mappings: Mapping[str, str] | None = None) -> BootFacts:
-    """The facts ``--to`` needs: blkid for ``uuid``, the NVMe table for ``nvme`` (and to translate old names)."""
+def gather_facts(target, root: str, to: str, mappings: Mapping[str, str] | None = None,
+                 serials: Mapping[str, str] | None = None) -> BootFacts:
+    """The facts ``--to`` needs: blkid for ``uuid``, the NVMe table for ``nvme`` (and to translate old names).
+
+    ``serials`` (``{"/dev/nvme0n1": "vol-..."}``): the NVMe volumes when the caller has them already
+    (deploy, from ``fleet.facts``); else they are read from the host here.
+    """
     blkid = ""
     if to == "uuid":
         if posixpath.normpath(root) != "/":
             raise BootConfigError(f"bootcfg --to uuid under {root}: blkid there describes this machine's disks, "
                                   "not that root's; run it on the host itself")
         blkid = target.run(["blkid", "-o", "export"], mutates=False).stdout
-    table = nvme_table(nvme_serials(target, root), mappings or {})
+    table = nvme_table(nvme_serials(target, root) if serials is None else serials, mappings or {})
     return BootFacts.from_outputs(blkid, table)
 
 
-def apply_bootcfg(run, target, host, to: str, mappings: Mapping[str, str] | None = None) -> list[str]:
+def apply_bootcfg(run, target, host, to: str, mappings: Mapping[str, str] | None = None, *,
+                  serials: Mapping[str, str] | None = None) -> list[str]:
     """Plan ``--to`` over the host's boot files, validate each new text, replace it (previous kept).
 
     ``host`` has ``root`` (a ``HostRoot`` or anything with that attribute).
@@ -85,7 +91,7 @@ def apply_bootcfg(run, target, host, to: str, mappings: Mapping[str, str] | None
     files = read_boot_files(target, root)
     if not files:
         raise OrchestratorError(f"{target.describe()}: no boot config under {root} (looked for {', '.join(BOOT_FILES)})")
-    planned = plan_bootcfg(files, gather_facts(target, root, to, mappings), to, where=target.describe())
+    planned = plan_bootcfg(files, gather_facts(target, root, to, mappings, serials), to, where=target.describe())
     changed = []
     for path, text in planned.items():
         full = _at(root, path)

@@ -341,3 +341,49 @@ def _with_args(command: Command, value: str) -> Line:
     if not command.args:
         return command.line.with_body(body + " " + value)
     return command.line.with_body(splice(body, [(command.args_start, command.args_start + len(command.args), value)]))
+
+
+# --- removing an entry ------------------------------------------------------------------
+
+def entry_kernel(entry: MenuEntry) -> str:
+    """The kernel image path of an entry (``/boot/vmlinuz-6.1.0``), "" when it has no ``kernel`` line."""
+    command = entry.get("kernel")
+    ws = command.args.split() if command else []
+    return ws[0] if ws else ""
+
+
+def remove_entry(text: str, name: str, title: str) -> str:
+    """``text`` without the entry titled ``title``; ``default N`` and ``fallback`` renumbered so each still
+    means the entry it meant (entries count from 0 in file order, and this one's successors move up).
+
+    Refused, one line: the default entry, the first fallback (what GRUB boots when the default cannot be
+    loaded: deploy's previous kernel), and any entry under ``default saved`` (the saved number lives in
+    ``/boot/grub/default``, which GRUB rewrites itself and this text cannot see). A later fallback is taken
+    out of the ``fallback`` list with its entry: ``arm_oneshot`` prepends each previous kernel, so without
+    this the list would grow with every deploy and keep every kernel forever.
+    The entry's lines go, with the blank lines after it; comments before the next title stay.
+    """
+    menu = parse_menu(text, name)
+    entry = find_entry(menu, title, name)
+    default, fallback = menu.get("default"), menu.get("fallback")
+    if default and default.args == "saved":
+        raise refuse(name, default.line.number, f"'default saved': cannot remove {title!r} without renumbering "
+                     "the saved default (set a numbered default first)")
+    index = int(default.args) if default else 0
+    if index == entry.index:
+        raise refuse(name, entry.commands[0].line.number, f"{title!r} is the default entry: not removed")
+    fallbacks = [int(n) for n in fallback.args.split()] if fallback else []
+    if fallbacks[:1] == [entry.index]:
+        raise refuse(name, fallback.line.number, f"{title!r} is the first fallback entry: not removed")
+    lines = list(menu.lines)
+    start, last = lines.index(entry.commands[0].line), lines.index(entry.commands[-1].line)
+    end = last + 1
+    while end < len(lines) and not lines[end].body.strip():
+        end += 1
+    menu = parse_menu(join_lines(lines[:start] + lines[end:]), name)
+    if default and index > entry.index:
+        menu = _set_global(menu, "default", str(index - 1), name)
+    if fallback:
+        left = [n - 1 if n > entry.index else n for n in fallbacks if n != entry.index]
+        menu = _set_global(menu, "fallback", " ".join(str(n) for n in left), name)
+    return join_lines(menu.lines)

@@ -120,9 +120,11 @@ class DeployConfig:
     the new entry only, so a new kernel that panics reboots into the old default.
     ``boot_timeout``: seconds for a rebooted host to answer SSH again.
     ``root_to``: device names rewritten in fstab and the boot loader before the
-    new kernel is armed (``keep``: left as they are). ``keep_kernels``: kernels
-    kept in /boot besides the running and the new one; older ones installed by
-    deploy are removed. ``snapshot``: an EBS snapshot of the root volume first.
+    new kernel is armed (``keep``: left as they are). ``keep_kernels``: once a
+    kernel is proven booted, how many of the kernels deploy installed stay (the
+    newest, in install order); older ones of deploy's go, never the running one,
+    the default or fallback entry's, or one deploy did not install (``kernel/prune.py``).
+    ``snapshot``: an EBS snapshot of the root volume first.
     """
 
     staging_dir: str = "/var/tmp/gentoo-ec2-orchestrator/deploy"

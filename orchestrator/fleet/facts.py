@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import HostConfig
@@ -30,7 +31,8 @@ say arch "$(uname -m)"
 for f in "$root/etc/os-release" "$root/usr/lib/os-release"; do
     if [ -r "$f" ]; then say os_line "$(grep '^PRETTY_NAME=' "$f" | head -n 1)"; break; fi
 done
-if [ -e "$root/boot/grub/grub.cfg" ] || [ -e "$root/boot/grub2/grub.cfg" ]; then say boot_loader grub2
+if [ -e "$root/boot/grub/grub.cfg" ] || [ -e "$root/boot/grub2/grub.cfg" ] || [ -e "$root/boot/grub/grubenv" ]
+then say boot_loader grub2
 elif [ -e "$root/boot/grub/menu.lst" ] || [ -e "$root/boot/grub/grub.conf" ]; then say boot_loader grub-legacy
 else say boot_loader unknown; fi
 if [ -z "$root" ]; then
@@ -59,8 +61,8 @@ if [ -z "$root" ] && [ "$2" = imds ]; then
                 "$3/meta-data/instance-id" 2>/dev/null)"
     fi
 fi
-exit 0
 """
+END = "exit 0\n"
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,29 @@ class HostFacts:
 
 def gather(target: Target, host: HostConfig) -> HostFacts:
     """The host's facts in one round trip (read-only: runs under ``--dry`` too)."""
+    return gather_more(target, host)[0]
+
+
+def gather_more(target: Target, host: HostConfig, more: str = "", args: Sequence[str] = ()) \
+        -> tuple[HostFacts, dict[str, str]]:
+    """The facts, plus what a caller's own read-only sh fragment ``more`` prints, in the same round trip.
+
+    ``more`` runs after the facts with ``say KEY VALUE`` and ``$root`` defined; its arguments are ``$4``...
+    (argv, never pasted into the script). Its keys come back as ``{key: value}``, newlines turned to blanks.
+    """
     ask_imds = "imds" if not host.instance_id else "no"
-    result = target.run(["sh", "-s", "--", host.root, ask_imds, IMDS], input=SCRIPT, mutates=False,
-                        timeout=GATHER_TIMEOUT)
-    return parse(result.stdout, host)
+    result = target.run(["sh", "-s", "--", host.root, ask_imds, IMDS, *args], input=SCRIPT + more + END,
+                        mutates=False, timeout=GATHER_TIMEOUT)
+    return parse(result.stdout, host), _values(result.stdout)
+
+
+def _values(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value.strip()
+    return values
 
 
 def parse(text: str, host: HostConfig) -> HostFacts:
@@ -133,4 +154,4 @@ def volume_id(serial: str) -> str:
     return re.sub(r"^vol(?!-)", "vol-", serial)
 
 
-__all__ = ["HostFacts", "gather", "parse"]
+__all__ = ["HostFacts", "gather", "gather_more", "parse"]

@@ -13,12 +13,15 @@ What a host ends in, and what it means:
 A run exits 0 only when every host is ``deployed`` (or already was); 75
 (EX_TEMPFAIL, "come back later") when the worst is ``armed``; 1 when a host failed.
 State on the host: ``<staging_dir>/state.json`` (release, old and new boot entries,
-the boot id at arming, the files changed), written after arming, read by reruns
-and by rollback.
+the boot id at arming, the files changed, and ``installed``: every release deploy
+installed there, oldest first, which ``keep_kernels`` prunes by), written after
+arming, read by reruns and by rollback. Once a host is proven on the new kernel,
+``prune.prune_host`` removes deploy's own older kernels beyond ``keep_kernels``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import time
@@ -32,8 +35,8 @@ from ..bootcfg.validate import validator_for
 from ..errors import EXIT_NOT_READY, OrchestratorError
 from ..faults import crash_point
 from ..run import Target
-from . import oneshot
-from .install import ArtifactSet, HostRoot, install, installed, upload
+from . import oneshot, prune
+from .install import ArtifactSet, HostRoot, install, installed, staged_dir, upload
 
 DEFAULT_GRUB = "/etc/default/grub"
 GRUB_CFG = "/boot/grub/grub.cfg"
@@ -50,12 +53,15 @@ class NotProven(OrchestratorError):
 
 @dataclass
 class DeployFacts:
-    """What deploy reads from a host before it changes anything."""
+    """What deploy reads from a host before it changes anything: ``fleet.facts`` plus deploy's own."""
 
     running: str
     boot_id: str
     loader: str  # "grub2" | "grub-legacy"
     state: dict = field(default_factory=dict)
+    instance_id: str = ""  # fleet.hosts[].instance_id, else the DMI asset tag, else IMDSv2 (root / only)
+    root_device: str = ""
+    nvme: dict[str, str] = field(default_factory=dict)  # "nvme0n1" -> "vol-0abc..." (fleet.facts)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class Outcome:
     snapshot: str = ""
     changed: list[str] = field(default_factory=list)
     console: str = ""
+    removed: list[str] = field(default_factory=list)  # kernels keep_kernels removed
+    kept_foreign: list[str] = field(default_factory=list)  # kernels present that deploy did not install
 
     @property
     def proven(self) -> bool:
@@ -96,36 +104,42 @@ class Ec2Access:
     poll_seconds: float = 15
 
 
-# --- facts --------------------------------------------------------------------------------
+# --- facts ---------------------------------------------------------------------------------
 
-def running_kernel(target: Target, host: HostRoot) -> str:
-    """``uname -r``; on a root that is not ``/`` (the tests' instance), ``<root>/proc/sys/kernel/osrelease``."""
-    if host.is_live:
-        return target.run(["uname", "-r"], mutates=False).stdout.strip()
-    return (target.read_file(host.at("/proc/sys/kernel/osrelease")) or "").strip()
+# Deploy's own facts, run after fleet.facts' script in the same round trip: $4 is the state file's path.
+DEPLOY_FACTS = r"""
+say boot_id "$(cat "$root/proc/sys/kernel/random/boot_id" 2>/dev/null)"
+[ -r "$root/proc/sys/kernel/osrelease" ] && say osrelease "$(cat "$root/proc/sys/kernel/osrelease")"
+if [ -e "$4" ]; then say state_found yes; say state "$(cat "$4")"; fi
+"""
 
 
 def boot_id(target: Target, host: HostRoot) -> str:
     return (target.read_file(host.at("/proc/sys/kernel/random/boot_id")) or "").strip()
 
 
-def boot_loader(target: Target, host: HostRoot) -> str:
-    if any(target.read_file(host.at(p)) is not None for p in ("/boot/grub/grubenv", GRUB_CFG)):
-        return "grub2"
-    if any(target.read_file(host.at(p)) is not None for p in MENU_FILES):
-        return "grub-legacy"
-    raise OrchestratorError(f"{target.describe()}: no boot loader found under {host.at('/boot/grub')} "
-                            "(neither grub.cfg/grubenv nor menu.lst/grub.conf)")
+def gather(target: Target, spec: HostSpec, staging_dir: str) -> DeployFacts:
+    """``fleet.facts`` (kernel, boot loader, root device, instance id, NVMe) and deploy's own, in one round trip.
 
+    The running kernel is ``uname -r`` on a live root; under another root (the tests' instance, an image)
+    it is ``<root>/proc/sys/kernel/osrelease`` (empty when there is none).
+    """
+    from ..fleet.facts import gather_more
 
-def gather(target: Target, host: HostRoot, staging_dir: str) -> DeployFacts:
-    state_text = target.read_file(state_path(host, staging_dir))
+    host = HostRoot(spec.root)
+    where = state_path(host, staging_dir)
+    facts, own = gather_more(target, spec, DEPLOY_FACTS, [where])
+    if facts.boot_loader not in ("grub2", "grub-legacy"):
+        raise OrchestratorError(f"{target.describe()}: no boot loader found under {host.at('/boot/grub')} "
+                                "(neither grub.cfg/grubenv nor menu.lst/grub.conf)")
     try:
-        state = json.loads(state_text) if state_text else {}
+        state = json.loads(own["state"]) if own.get("state") else {}
     except ValueError:
-        raise OrchestratorError(f"{target.describe()}: {state_path(host, staging_dir)} is not JSON; "
+        raise OrchestratorError(f"{target.describe()}: {where} is not JSON; "
                                 "move it away after checking /boot by hand") from None
-    return DeployFacts(running_kernel(target, host), boot_id(target, host), boot_loader(target, host), state)
+    running = facts.kernel if host.is_live else own.get("osrelease", "")
+    return DeployFacts(running, own.get("boot_id", ""), facts.boot_loader, state, facts.instance_id,
+                       facts.root_device, facts.nvme)
 
 
 def state_path(host: HostRoot, staging_dir: str) -> str:
@@ -143,14 +157,16 @@ def deploy_host(run, target: Target, spec: HostSpec, aset: ArtifactSet, settings
                 ec2: Ec2Access | None, reconnect: Callable[[], AbstractContextManager[Target]]) -> Outcome:
     """Deploy ``aset`` on one host; never raises for a host problem it can describe (returns ``failed``)."""
     host = HostRoot(spec.root)
-    facts = gather(target, host, settings.staging_dir)
+    facts = gather(target, spec, settings.staging_dir)
+    if facts.instance_id and facts.instance_id != spec.instance_id:
+        spec = dataclasses.replace(spec, instance_id=facts.instance_id)  # learnt from the host (DMI, IMDS)
     out = Outcome(spec.name, "armed", facts.running, aset.release)
     state = facts.state if facts.state.get("release") == aset.release else {}
     if state and facts.boot_id != state.get("armed_boot_id") and state.get("status") == "armed":
         return settle_after_boot(run, target, host, spec, aset, settings, facts, state, out)
     if state.get("status") == "deployed" and facts.running == aset.release:
         out.status, out.message = "unchanged", f"deployed already: running {aset.release}"
-        return out
+        return prune_after(run, target, host, aset, settings, facts, state, out)
     if aset.release == facts.running:
         return _already_running(target, host, aset, out)
     if snapshot and not state:
@@ -158,18 +174,43 @@ def deploy_host(run, target: Target, spec: HostSpec, aset: ArtifactSet, settings
     sent = upload(target, host, settings.staging_dir, aset)
     out.changed += [f"uploaded {sent} files"] if sent else []
     out.changed += install(target, host, settings.staging_dir, aset)
-    old, new, changed = configure_boot(run, target, host, aset, settings, facts, state)
+    old, new, changed = configure_boot(run, target, host, spec, aset, settings, facts, state, ec2)
     out.changed += changed
     if not run.dry and (out.changed or not state):
         write_state(target, host, settings.staging_dir, {
             "release": aset.release, "image": aset.image, "old_release": state.get("old_release", facts.running),
             "old_entry": old, "new_entry": new, "loader": facts.loader, "armed_boot_id": facts.boot_id,
             "changed": sorted(set(state.get("changed", [])) | {c for c in changed if c.startswith("/")}),
-            "status": "armed"})
+            "installed": _with_release(facts.state, aset.release), "status": "armed"})
     out.message = ("installed, armed for one boot (not proven booted: the old kernel stays the default)"
                    if out.changed else "unchanged: installed and armed for one boot (not proven booted)")
     if reboot:
         return reboot_and_check(run, target, host, spec, aset, settings, facts, ec2, reconnect, out)
+    return out
+
+
+def _with_release(state: dict, release: str) -> list[str]:
+    """The install record (oldest first) with ``release`` appended when it is not in it yet."""
+    history = prune.recorded(state)
+    return history if release in history else [*history, release]
+
+
+def prune_after(run, target: Target, host: HostRoot, aset: ArtifactSet, settings, facts: DeployFacts, state: dict,
+                out: Outcome) -> Outcome:
+    """``keep_kernels``, once the host is proven on the new kernel; the record loses what was removed."""
+    done = prune.prune_host(run, target, host, loader=facts.loader, running=facts.running, state=state,
+                            keep=settings.keep_kernels,
+                            staged_image_dir=posixpath.dirname(staged_dir(host, settings.staging_dir, aset)),
+                            current=aset.release)
+    out.removed, out.kept_foreign = done.removed, done.kept_foreign
+    out.changed += done.changed + [f"removed kernel {r}" for r in done.removed] + \
+        [f"removed staging {n}" for n in done.staging_removed]
+    if done.kept_foreign:
+        run.report.warnings.append(f"{out.host}: kept {', '.join(done.kept_foreign)}: not installed by deploy-kernel "
+                                   "(no record in its state), so keep_kernels leaves it; remove it by hand if unused")
+    history = [r for r in prune.recorded(state) if r not in done.removed]
+    if not run.dry and history != state.get("installed"):
+        write_state(target, host, settings.staging_dir, {**state, "installed": history})
     return out
 
 
@@ -187,8 +228,9 @@ def take_snapshot(run, spec: HostSpec, ec2: Ec2Access | None, old: str, new: str
     from .. import ec2 as ec2ops
 
     if ec2 is None or not spec.instance_id:
-        raise OrchestratorError(f"{spec.name}: no instance_id in fleet.hosts: cannot snapshot its root volume "
-                                "(set instance_id, or pass --no-snapshot)")
+        raise OrchestratorError(f"{spec.name}: no instance id (not in fleet.hosts[].instance_id, nor the host's DMI "
+                                "asset tag or instance metadata): cannot snapshot its root volume (set instance_id, "
+                                "or pass --no-snapshot)")
     client = ec2.client(spec.region)
     return ec2ops.snapshot_root(run, client, spec.instance_id, host=spec.name,
                                 description=f"{spec.name} root before kernel {new} (was {old})",
@@ -196,16 +238,29 @@ def take_snapshot(run, spec: HostSpec, ec2: Ec2Access | None, old: str, new: str
                                 poll_seconds=ec2.poll_seconds)
 
 
+def block_device_names(spec: HostSpec, ec2: Ec2Access | None, settings) -> dict[str, str]:
+    """``{volume id: mapping name}`` of the instance (for ``root_to: nvme``), {} without EC2 or an instance id."""
+    if settings.root_to != "nvme" or ec2 is None or not spec.instance_id:
+        return {}
+    from .. import ec2 as ec2ops
+
+    instance = ec2ops.instance_of(ec2.client(spec.region), spec.instance_id)
+    return {m["Ebs"]["VolumeId"]: m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("VolumeId") and m.get("DeviceName")}
+
+
 # --- boot configuration ---------------------------------------------------------------------
 
-def configure_boot(run, target: Target, host: HostRoot, aset: ArtifactSet, settings, facts: DeployFacts,
-                   state: dict) -> tuple[str, str, list[str]]:
+def configure_boot(run, target: Target, host: HostRoot, spec: HostSpec, aset: ArtifactSet, settings,
+                   facts: DeployFacts, state: dict, ec2: Ec2Access | None) -> tuple[str, str, list[str]]:
     """Renames (``root_to``), the new entry and the one-shot; returns ``(old entry, new entry, files changed)``."""
     changed = []
     if settings.root_to != "keep":
         from ..bootcfg.apply import apply_bootcfg
 
-        changed += apply_bootcfg(run, target, host, settings.root_to)
+        serials = {f"/dev/{dev}": vol for dev, vol in facts.nvme.items() if vol.startswith("vol-")}
+        changed += apply_bootcfg(run, target, host, settings.root_to, block_device_names(spec, ec2, settings),
+                                 serials=serials)
     arm = _arm_grub2 if facts.loader == "grub2" else _arm_legacy
     old, new, armed = arm(run, target, host, aset, settings, facts, state)
     return old, new, changed + armed
@@ -361,7 +416,7 @@ def settle_after_boot(run, target, host, spec, aset, settings, facts, state, out
     """The host booted since arming: promote if it runs the new kernel, else fail and leave the old default."""
     if target is None:
         with reconnect() as fresh:
-            return settle_after_boot(run, fresh, host, spec, aset, settings, gather(fresh, host, settings.staging_dir),
+            return settle_after_boot(run, fresh, host, spec, aset, settings, gather(fresh, spec, settings.staging_dir),
                                      None, out)
     state = state or facts.state
     if facts.running != aset.release:
@@ -372,10 +427,11 @@ def settle_after_boot(run, target, host, spec, aset, settings, facts, state, out
             write_state(target, host, settings.staging_dir, {**state, "status": "failed"})
         return out
     out.changed += promote(target, host, state["loader"], state["new_entry"])
+    state = {**state, "status": "deployed", "armed_boot_id": facts.boot_id}
     if not run.dry:
-        write_state(target, host, settings.staging_dir, {**state, "status": "deployed", "armed_boot_id": facts.boot_id})
+        write_state(target, host, settings.staging_dir, state)
     out.status, out.message = "deployed", f"deployed: booted {aset.release}"
-    return out
+    return prune_after(run, target, host, aset, settings, facts, state, out)
 
 
 def never_back(run, spec: HostSpec, ec2: Ec2Access | None, settings, out: Outcome) -> Outcome:

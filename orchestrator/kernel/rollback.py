@@ -13,14 +13,15 @@ from __future__ import annotations
 from ..errors import OrchestratorError
 from ..run import Target
 from ..run.files import previous_path
-from .deploy import DEFAULT_GRUB, gather, state_path
+from .deploy import DEFAULT_GRUB, HostSpec, gather, state_path, write_state
 from .install import HostRoot, remove_kernel
+from .prune import recorded
 
 
 def rollback_host(run, target: Target, root: str, staging_dir: str, name: str) -> dict:
     """Put the previous boot config back and remove the deployed kernel when it is not running."""
     host = HostRoot(root)
-    facts = gather(target, host, staging_dir)
+    facts = gather(target, HostSpec(name, root), staging_dir)
     state = facts.state
     if not state or state.get("status") not in ("armed", "failed", "deployed"):
         raise OrchestratorError(f"{name}: nothing to roll back (no deploy recorded in "
@@ -32,8 +33,9 @@ def rollback_host(run, target: Target, root: str, staging_dir: str, name: str) -
     else:
         run.report.warnings.append(f"{name}: {state['release']} is the running kernel: its files are kept; "
                                    f"the default is {state.get('old_entry')} again from the next boot")
-    if not run.dry:
-        target.run(["rm", "-f", "--", state_path(host, staging_dir)])
+    if not run.dry:  # the install record stays (keep_kernels needs it), less the kernel removed
+        history = [r for r in recorded(state) if not (removed and r == state["release"])]
+        write_state(target, host, staging_dir, {"installed": history})
     return {"host": name, "restored": [p for p in restored if p], "removed": removed,
             "default": state.get("old_entry", ""), "kernel_removed": state["release"] if removed else ""}
 
