@@ -151,6 +151,7 @@ class KernelConfig:
     output_dir: Path | None = None  # artifacts in <output_dir>/kernels/<image>/<version>/; default state_dir
     work_dir: str = "/var/tmp/gentoo-ec2-orchestrator/kernel"  # inside the build system: sources' build dirs
     timeout: Annotated[int, Between(1)] = 6 * 3600  # seconds for one step (a whole kernel build)
+    keep_builds: Annotated[int, Between(1, 100)] = 3  # published sets kept per image (the newest; `latest` always)
     deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def check(self, key: str) -> None:

@@ -182,6 +182,27 @@ def remove_leftovers(directory: Path) -> list[str]:
     return gone
 
 
+def prune_sets(directory: Path, keep: int) -> list[str]:
+    """Remove the published sets beyond the newest ``keep`` (by their build time); ``latest``'s set always
+    stays. Each set is gigabytes' worth of modules at most a few releases back: a build box that builds
+    nightly must not fill up. Returns the releases removed."""
+    if not directory.is_dir():
+        return []
+    latest = os.readlink(directory / LATEST) if (directory / LATEST).is_symlink() else None
+    sets = [(read_build(d) or {}).get("built", "") for d in _set_dirs(directory)]
+    ordered = sorted(zip(sets, _set_dirs(directory)), key=lambda pair: (pair[0], pair[1].name), reverse=True)
+    removed = []
+    for _, old in ordered[keep:]:
+        if old.name != latest:
+            shutil.rmtree(old)
+            removed.append(old.name)
+    return removed
+
+
+def _set_dirs(directory: Path) -> list[Path]:
+    return sorted(d for d in directory.iterdir() if not d.name.startswith(".") and d.is_dir() and not d.is_symlink())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

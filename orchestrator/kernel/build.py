@@ -39,6 +39,7 @@ class Plan:
     key: str  # kernel.images[i], for messages
     inputs: Inputs
     work: str  # <work_dir>/<image>, as the scripts see it
+    keep_builds: int = 3  # kernel.keep_builds
     build: str = ""  # <work>/build/<the tree's path>: one build directory per source tree
 
     def inside(self, *parts: str) -> str:
@@ -54,7 +55,7 @@ def build_kernels(run: JobRun, image_name: str | None = None) -> None:
     with open_build_session(run, bcfg, log_dir=out / "kernels" / "logs", timeout=kcfg.timeout) as session:
         for i, image in chosen:
             plan = Plan(image, f"kernel.images[{i}]", inputs[image.name],
-                        session.inside(f"{kcfg.work_dir.rstrip('/')}/{image.name}"))
+                        session.inside(f"{kcfg.work_dir.rstrip('/')}/{image.name}"), kcfg.keep_builds)
             session.log_dir = out / "kernels" / "logs" / image.name
             _build_image(run, session, plan, artifacts.image_dir(out, image.name))
 
@@ -252,6 +253,8 @@ def _publish(run: JobRun, session: KernelSession, plan: Plan, directory: Path, r
     stage = session.host_path(plan.inside("stage"))
     final = artifacts.publish(directory, release, stage, build, lambda dest: _pack_modules(run, stage, release, dest))
     _report(run, plan, release, final, findings, f"kernel {release} built: {final}")
+    for old in artifacts.prune_sets(directory, plan.keep_builds):
+        run.progress.say(f"{image.name}: removed the published set {old} (kernel.keep_builds is {plan.keep_builds})")
     _remove_old_build_dirs(run, session, plan)
 
 
