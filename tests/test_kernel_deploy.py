@@ -22,13 +22,10 @@ from orchestrator.bootcfg.menulst import default_title
 from orchestrator.errors import OrchestratorError
 from orchestrator.kernel import deploy
 from orchestrator.kernel.install import find_set
-from sshd import running_sshd
+
+pytestmark = pytest.mark.usefixtures("every_session_ends")  # deploy closes every SSH connection it opens
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,14 @@ from orchestrator.bootcfg import menulst
 from orchestrator.bootcfg.text import BootConfigError
 from orchestrator.kernel import deploy, prune
 from orchestrator.kernel.install import HostRoot
-from sshd import running_sshd
+
+pytestmark = pytest.mark.usefixtures("every_session_ends")  # deploy closes every SSH connection it opens
 
 A, B, C = "6.6.1-a", "6.6.2-b", "6.6.3-c"
 HAND = "5.15.0-hand"
 STAGING = "var/tmp/gentoo-ec2-orchestrator/deploy"
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import pytest
 from deploy_lab import NEW, OLD, make_root, publish_set
 from orchestrator.bootcfg.grubenv import parse_grubenv
 from orchestrator.faults import ENV, KERNEL_DEPLOY_POINTS
-from sshd import running_sshd
+
+pytestmark = pytest.mark.usefixtures("every_session_ends")  # deploy closes every SSH connection it opens
 
 
 CHILD = """
@@ -32,12 +33,6 @@ from pathlib import Path
 run, outcome = do_deploy(server, Path({root!r}), Path({out!r}))
 print(outcome.status)
 """
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def run_child(sshd, root, out, crash=""):
