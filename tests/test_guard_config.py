@@ -235,3 +235,17 @@ def test_image_secrets_compare_without_warnings():
     a = ImageSecrets([Knock(7001)], [Knock(7002)], [], Secret("k"), Secret("h"), ["x"])
     assert a == ImageSecrets([Knock(7001)], [Knock(7002)], [], Secret("k"), Secret("h"))
     assert RenderedFile("secret text", 0o600).__repr__() == "RenderedFile(<11 chars>, mode=0600)"
+
+
+def test_knock_clients_at_once_never_get_the_same_one_time_sequence(tmp_path):
+    """Each consume is a locked read-modify-write of the secrets file: six at once take six different ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "s.json"
+    cfg = image(knock={"one_time": True, "one_time_count": 8})
+    start = load_or_create(path, cfg).one_time
+    with ThreadPoolExecutor(6) as pool:
+        taken = list(pool.map(lambda _: consume_one_time(path, cfg), range(6)))
+    assert sorted(left for _, left in taken) == [2, 3, 4, 5, 6, 7]
+    assert sorted(map(str, (seq for seq, _ in taken))) == sorted(map(str, start[:6]))
+    assert load_or_create(path, cfg).one_time == start[6:]

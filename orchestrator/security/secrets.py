@@ -19,9 +19,12 @@ reaches the host with the next render/``inv harden``.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets as csprng
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +103,13 @@ def load_or_create(run_or_path: Any, image_cfg: GuardImage, *, save: bool | None
     path = secrets_path(run_or_path)
     if save is None:
         save = not getattr(run_or_path, "dry", False)
-    store = read_store(path)
-    stored = store["images"].get(image_cfg.name, {})
-    entry, warnings = complete_entry(stored, image_cfg)
-    if save and entry != stored:
-        store["images"][image_cfg.name] = entry
-        write_store(path, store)
+    with store_lock(path) if save else nullcontext():
+        store = read_store(path)
+        stored = store["images"].get(image_cfg.name, {})
+        entry, warnings = complete_entry(stored, image_cfg)
+        if save and entry != stored:
+            store["images"][image_cfg.name] = entry
+            write_store(path, store)
     result = from_entry(entry, image_cfg)
     result.warnings.extend(warnings)
     return result
@@ -118,15 +122,30 @@ def consume_one_time(run_or_path: Any, image_cfg: GuardImage) -> tuple[list[Knoc
     so the host would be left without knockd. ``inv harden`` (a new render) refills the list.
     """
     path = secrets_path(run_or_path)
-    store = read_store(path)
-    entry = store["images"].get(image_cfg.name)
-    left = entry.get("one_time", []) if entry else []
-    if len(left) <= 1:
-        raise OrchestratorError(f"guard image {image_cfg.name}: {'only the last' if left else 'no'} one-time "
-                                "sequence is left (knockd 0.8 aborts after its last one); run inv harden to refill")
-    entry["one_time"] = left[1:]
-    write_store(path, store)
+    with store_lock(path):
+        store = read_store(path)
+        entry = store["images"].get(image_cfg.name)
+        left = entry.get("one_time", []) if entry else []
+        if len(left) <= 1:
+            raise OrchestratorError(f"guard image {image_cfg.name}: {'only the last' if left else 'no'} one-time "
+                                    "sequence is left (knockd 0.8 aborts after its last one); run inv harden to "
+                                    "refill")
+        entry["one_time"] = left[1:]
+        write_store(path, store)
     return [parse_knock(k, "one_time") for k in left[0]], len(left) - 1
+
+
+@contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``<secrets>.lock`` around a read-modify-write: two ``inv knock`` at once must
+    not hand out the same one-time sequence. Held for milliseconds, so waited for, not refused."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 def read_store(path: Path) -> dict:

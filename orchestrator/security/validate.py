@@ -265,13 +265,12 @@ def check_knockd(files: Mapping[str, r.RenderedFile], scratch: Path, ns: str, sc
             text = text.replace(f"one_time_sequences = {path}\n", f"one_time_sequences = {copy}\n")
     _write(conf, text)
     argv = in_ns(ns, ["knockd", "-i", "lo", "-c", str(conf), "-D", "-v"])
-    with held_signals():
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    try:
+    with ExitStack() as stack:
+        with held_signals():  # started and its stop registered, with no signal in between
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            stack.callback(_stop, proc)
         output = _until_listening(proc)
-    finally:
-        _stop(proc)
     if output is not None:
         reason = _reason(scrub(output), text, scrub) or "it exited without a reason"
         raise ValidationError(f"{key}: knockd refused {r.KNOCKD_CONF}: {reason}")
