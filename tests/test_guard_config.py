@@ -22,6 +22,7 @@ from orchestrator.security.secrets import (
     Secret,
     consume_one_time,
     load_or_create,
+    mark_one_time_deployed,
 )
 
 
@@ -165,16 +166,17 @@ def test_a_secrets_file_others_can_read_is_refused(tmp_path):
         load_or_create(path, image())
 
 
-def test_a_stored_sequence_that_collides_with_a_new_served_port_is_replaced_with_a_warning(tmp_path):
+def test_a_stored_sequence_that_collides_with_a_new_served_port_is_refused_not_rotated(tmp_path):
+    """The hosts know only the stored sequence: replacing it by itself would lock the admin out."""
     path = tmp_path / "s.json"
     old = load_or_create(path, image())
-    assert not old.warnings
     served = old.open[1].port
-    new = load_or_create(path, image(tcp_ports=[served]))
-    assert served not in {k.port for k in new.open + new.close}
-    assert new.close == old.close, "the close sequence was still valid and stays"
-    assert len(new.warnings) == 1 and "open sequence is no longer valid" in new.warnings[0]
-    assert str(served) not in new.warnings[0]
+    with pytest.raises(ConfigError) as caught:
+        load_or_create(path, image(tcp_ports=[served]))
+    message = str(caught.value)
+    assert message.startswith("guard image web: the stored open knock sequence uses a port this image now serves")
+    assert str(served) not in message and "\n" not in message
+    assert load_or_create(path, image()) == old, "nothing was changed"
 
 
 def test_dry_run_saves_nothing(tmp_path):
@@ -202,13 +204,19 @@ def test_one_time_list_is_refilled_below_a_quarter_and_never_runs_out(tmp_path):
     kept = load_or_create(path, cfg)
     assert kept.one_time == start[6:] and not kept.warnings, "2 of 8 is a quarter: no refill yet"
     consume_one_time(path, cfg)
-    with pytest.raises(OrchestratorError, match="only the last one-time sequence is left"):
+    with pytest.raises(OrchestratorError, match="only the last one-time sequence the hosts have is left"):
         consume_one_time(path, cfg)
     refilled = load_or_create(path, cfg)
     assert len(refilled.one_time) == 8 and refilled.one_time[0] == start[7], "the unused one stays first"
-    assert len(refilled.warnings) == 1 and "1 of 8 one-time sequences left; refilled to 8" in refilled.warnings[0]
+    assert refilled.warnings == ["guard image web: 1 of 8 one-time sequences left on the hosts; run inv harden "
+                                 "before knockd runs out"]
+    with pytest.raises(OrchestratorError, match="only the last one-time sequence the hosts have"):
+        consume_one_time(path, cfg)  # the refill is ours, not the hosts' yet: their last one stays unused
     text = render_image(cfg, refilled)["/etc/knockd/one_time_sequences"].text
     assert text.splitlines() == [",".join(str(k) for k in seq) for seq in refilled.one_time]
+    mark_one_time_deployed(path, cfg)  # inv harden uploaded that file
+    assert consume_one_time(path, cfg) == (start[7], 7)
+    assert not load_or_create(path, cfg).warnings
 
 
 def test_secrets_are_redacted_everywhere_but_reveal(tmp_path):

@@ -11,9 +11,13 @@ rendered) and ``ImageSecrets`` redacts itself as a whole.
 One-time sequences: knockd 0.8 consumes them in file order, overwriting a used
 line's first character with ``#``, and aborts (double free) right after the
 **last** line is used. So the list holds only unused sequences, ``consume_one_time``
-hands out the next one and refuses the last, and a load refills the list to
-``one_time_count`` (with a warning) once fewer than a quarter are left; the refill
-reaches the host with the next render/``inv harden``.
+hands out the next one and never the last one the hosts have, and a load refills
+the list to ``one_time_count`` once fewer than a quarter are left, new sequences
+after the old. The hosts get the refill with the next ``inv harden``; until then
+``one_time_on_host`` counts what they have (and a warning says so), and
+``mark_one_time_deployed`` clears it after a confirmed upload.
+
+Stored sequences are never rotated silently: the hosts know only the stored one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.guard import Knock, KnockConfig, GuardImage, parse_knock
+from ..config.guard import GuardImage, Knock, parse_knock
 from ..errors import ConfigError, OrchestratorError
 from ..run.files import atomic_write
 
@@ -106,13 +110,22 @@ def load_or_create(run_or_path: Any, image_cfg: GuardImage, *, save: bool | None
     with store_lock(path) if save else nullcontext():
         store = read_store(path)
         stored = store["images"].get(image_cfg.name, {})
-        entry, warnings = complete_entry(stored, image_cfg)
+        entry, warnings = complete_entry(stored, image_cfg, _image_key(run_or_path, image_cfg))
         if save and entry != stored:
             store["images"][image_cfg.name] = entry
             write_store(path, store)
     result = from_entry(entry, image_cfg)
     result.warnings.extend(warnings)
     return result
+
+
+def _image_key(run_or_path: Any, image: GuardImage) -> str:
+    """``guard.images[i]`` when the run's config names the image, else ``guard image NAME``."""
+    if hasattr(run_or_path, "section"):
+        names = [i.name for i in run_or_path.section("guard").images]
+        if image.name in names:
+            return f"guard.images[{names.index(image.name)}]"
+    return f"guard image {image.name}"
 
 
 def consume_one_time(run_or_path: Any, image_cfg: GuardImage) -> tuple[list[Knock], int]:
@@ -126,11 +139,13 @@ def consume_one_time(run_or_path: Any, image_cfg: GuardImage) -> tuple[list[Knoc
         store = read_store(path)
         entry = store["images"].get(image_cfg.name)
         left = entry.get("one_time", []) if entry else []
-        if len(left) <= 1:
-            raise OrchestratorError(f"guard image {image_cfg.name}: {'only the last' if left else 'no'} one-time "
-                                    "sequence is left (knockd 0.8 aborts after its last one); run inv harden to "
-                                    "refill")
+        on_host = entry.get("one_time_on_host") if entry else None
+        if min(len(left), len(left) if on_host is None else on_host) <= 1:
+            raise OrchestratorError(f"guard image {image_cfg.name}: only the last one-time sequence the hosts have "
+                                    "is left (knockd 0.8 aborts after its last one); run inv harden to refill")
         entry["one_time"] = left[1:]
+        if on_host is not None:
+            entry["one_time_on_host"] = on_host - 1
         write_store(path, store)
     return [parse_knock(k, "one_time") for k in left[0]], len(left) - 1
 
@@ -172,26 +187,29 @@ def write_store(path: Path, store: dict) -> None:
     atomic_write(path, json.dumps(store, indent=1, sort_keys=True) + "\n", mode=0o600)
 
 
-def complete_entry(stored: dict, image: GuardImage) -> tuple[dict, list[str]]:
-    """``stored`` with every missing or no-longer-valid secret generated; the warnings say what changed."""
+def complete_entry(stored: dict, image: GuardImage, key: str = "") -> tuple[dict, list[str]]:
+    """``stored`` with every missing secret generated; the warnings say what changed.
+
+    A stored sequence is never replaced by itself: the hosts still have it, and ``inv knock``/``inv harden``
+    would knock a new one they do not know (locked out, with no console). One that now collides with a
+    served port or the SSH port is refused instead, naming what to change.
+    """
+    key = key or f"guard image {image.name}"
     entry = dict(stored)
     warnings: list[str] = []
-    forbidden = image.forbidden_ports
-    knock: KnockConfig = image.knock
     for which in ("open", "close"):
-        given = getattr(knock, which)
-        if given:
-            entry.pop(which, None)
+        if getattr(image.knock, which):
+            entry.pop(which, None)  # the config's own sequence: not stored
             continue
-        current = _stored_knocks(entry.get(which))
         other_name = "close" if which == "open" else "open"
         other = _given_knocks(image, other_name) or _stored_knocks(entry.get(other_name)) or []
-        if current is None or not valid_sequence(current, forbidden) or _ports(current) & _ports(other):
-            if current is not None:
-                warnings.append(f"guard image {image.name}: stored {which} sequence is no longer valid for the "
-                                "image's ports; a new one was generated (render and harden again)")
-            taken = forbidden | _ports(other)
-            entry[which] = [str(k) for k in generate_sequence(taken)]
+        current = _stored_knocks(entry.get(which))
+        if current is None:
+            entry[which] = [str(k) for k in generate_sequence(image.forbidden_ports | _ports(other))]
+        elif _ports(current) & image.forbidden_ports or _ports(current) & _ports(other):
+            raise ConfigError(f"{key}: the stored {which} knock sequence uses a port this image now serves (or the "
+                              f"SSH port, or the {other_name} sequence's); serve another port, or rotate: set "
+                              f"knock.{which} to a new sequence and inv harden while the hosts still know the old")
     _complete_one_time(entry, image, warnings)
     for name, size in (("spa_key", SPA_KEY_BYTES), ("hmac_key", HMAC_KEY_BYTES)):
         if not _valid_key(entry.get(name), size):
@@ -200,20 +218,36 @@ def complete_entry(stored: dict, image: GuardImage) -> tuple[dict, list[str]]:
 
 
 def _complete_one_time(entry: dict, image: GuardImage, warnings: list[str]) -> None:
+    """Refill the unused list once fewer than a quarter are left, new sequences after the old ones.
+
+    The hosts have only the old ones until the next ``inv harden``: ``one_time_on_host`` remembers how many,
+    so ``consume_one_time`` never hands out the last one a host has (knockd aborts after it).
+    """
     if not image.knock.one_time:
         return
     count = image.knock.one_time_count
     left = [seq for seq in (_stored_knocks(s) for s in entry.get("one_time", [])) if seq is not None]
-    left = [seq for seq in left if valid_sequence(seq, image.forbidden_ports)]
+    on_host = entry.get("one_time_on_host")
+    if "one_time" in entry and (on_host if on_host is not None else len(left)) * 4 < count:
+        warnings.append(f"guard image {image.name}: {on_host if on_host is not None else len(left)} of {count} "
+                        "one-time sequences left on the hosts; run inv harden before knockd runs out")
     if len(left) * 4 >= count:
-        entry["one_time"] = [[str(k) for k in seq] for seq in left]
         return
-    if "one_time" in entry:
-        warnings.append(f"guard image {image.name}: {len(left)} of {count} one-time sequences left; refilled to "
-                        f"{count}: run inv harden so the host gets them before knockd runs out")
+    if "one_time" in entry and on_host is None:
+        entry["one_time_on_host"] = len(left)
     while len(left) < count:
         left.append(generate_sequence(image.forbidden_ports))
     entry["one_time"] = [[str(k) for k in seq] for seq in left]
+
+
+def mark_one_time_deployed(run_or_path: Any, image_cfg: GuardImage) -> None:
+    """After a confirmed upload of the rendered one-time file (``inv harden``): the hosts have our whole list."""
+    path = secrets_path(run_or_path)
+    with store_lock(path):
+        store = read_store(path)
+        entry = store["images"].get(image_cfg.name)
+        if entry and entry.pop("one_time_on_host", None) is not None:
+            write_store(path, store)
 
 
 def from_entry(entry: dict, image: GuardImage) -> ImageSecrets:
@@ -236,12 +270,6 @@ def generate_sequence(forbidden: set[int], length: int = SEQUENCE_LENGTH) -> lis
 def generate_key(size: int) -> str:
     """A base64 key of ``size`` random bytes, as ``fwknop --key-gen`` prints it."""
     return base64.b64encode(csprng.token_bytes(size)).decode("ascii")
-
-
-def valid_sequence(seq: list[Knock], forbidden: set[int]) -> bool:
-    ports = [k.port for k in seq]
-    return (len(seq) >= 2 and len(set(ports)) == len(ports)
-            and all(KNOCK_LOW <= p <= KNOCK_HIGH and p not in forbidden for p in ports))
 
 
 def _given_knocks(image: GuardImage, which: str) -> list[Knock]:
@@ -269,4 +297,4 @@ def _valid_key(raw: Any, size: int) -> bool:
 
 
 __all__ = ["ImageSecrets", "Knock", "Secret", "consume_one_time", "generate_key", "generate_sequence",
-           "load_or_create", "secrets_path"]
+           "load_or_create", "mark_one_time_deployed", "secrets_path"]
