@@ -482,3 +482,13 @@ def wait_for_rule(ns: str, rule: str) -> str:
         if rule in rules or time.monotonic() > deadline:
             return rules
         time.sleep(0.05)
+
+
+def test_a_missing_validator_is_this_machines_problem_said_in_one_line(tmp_path, monkeypatch):
+    cfg, secrets, files = rendered(tmp_path, "knockd-iptables")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # nothing found: as on a box without the daemons
+    with pytest.raises(Exception) as caught:
+        v.validate_image(cfg, secrets, files, key="guard.images[0]")
+    assert not isinstance(caught.value, ConfigError), "not a bad setting: exit 1, not 2"
+    assert str(caught.value).startswith("guard.images[0]: cannot validate here: ip, fail2ban-client, "
+                                        "iptables-restore, ip6tables-restore, knockd not found")

@@ -158,8 +158,26 @@ class Scrubber:
         return text
 
 
+def required_tools(image: GuardImage) -> list[str]:
+    tools = ["ip", "fail2ban-client"]
+    tools += ["nft"] if image.firewall.backend == "nftables" else ["iptables-restore", "ip6tables-restore"]
+    tools += {"knockd": ["knockd"], "fwknop": ["fwknopd"], "none": []}[image.guard]
+    return tools
+
+
+def check_tools(image: GuardImage, key: str) -> None:
+    """Missing validators are this machine's problem, not the image's: said as such, before anything runs."""
+    missing = [tool for tool in required_tools(image) if shutil.which(tool) is None]
+    if not FAIL2BAN_ETC.is_dir():
+        missing.append(str(FAIL2BAN_ETC))
+    if missing:
+        raise OrchestratorError(f"{key}: cannot validate here: {', '.join(missing)} not found (install knockd, "
+                                "fwknop-server, fail2ban, iptables and nftables: sh scripts/install-deps --test)")
+
+
 def daemon_checks(image: GuardImage, files: Mapping[str, r.RenderedFile], scratch: Path, scrub: Scrubber,
                   key: str) -> list[str]:
+    check_tools(image, key)
     passed = []
     with network_namespace() as ns:
         passed += check_firewall(image, files, ns, scrub, key)
