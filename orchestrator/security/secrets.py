@@ -99,7 +99,7 @@ def secrets_path(run_or_path: Any) -> Path:
 
 
 def load_or_create(run_or_path: Any, image_cfg: GuardImage, *, save: bool | None = None) -> ImageSecrets:
-    """The image's secrets: loaded, completed where missing or no longer valid, saved back when changed.
+    """The image's secrets: loaded, the missing ones generated, saved back when anything changed.
 
     ``run_or_path``: a ``JobRun`` (its ``guard.secrets_file``; nothing is saved under ``--dry``) or the
     secrets file's path. Sequences given in the config win over stored ones and are not stored.
