@@ -12,7 +12,8 @@ Steps on the host, each durable before the next (a ``kill -9`` of our process at
    Why not ``systemd-run --on-active=N``: Gentoo instances often run OpenRC, and one mechanism that
    works everywhere is one mechanism to test. (On systemd, logind kills a session's processes at
    logout only with ``KillUserProcesses=yes``, which exempts root by default.)
-3. **apply** the new rules (``iptables-restore``/``ip6tables-restore`` or ``nft -f``, on stdin);
+3. **apply** the new rules (``new.<tool>`` in the job dir, loaded by ``iptables-restore``/``ip6tables-restore``
+   or ``nft -f`` in ONE command that refuses unless the revert is armed and undecided);
 4. **confirm** over a NEW connection (``reconnect()``: in ``inv harden`` it knocks first), and only
    over it: ``deadman.sh cancel`` decides "confirmed", ends the revert's process group (by its pid
    file, checking the pid's command line carries the job token) and says whether it is gone.
@@ -43,7 +44,7 @@ from importlib import resources
 
 import paramiko
 
-from ..errors import OrchestratorError
+from ..errors import CommandError, OrchestratorError
 from ..faults import crash_point
 from ..run.base import Target
 
@@ -51,7 +52,6 @@ SCRIPT = resources.files(__package__).joinpath("deadman.sh").read_text()
 BACKENDS = {"iptables": ("iptables", "ip6tables"), "nftables": ("nft",)}
 SAVE = {"iptables": ["iptables-save"], "ip6tables": ["ip6tables-save"], "nft": ["nft", "list", "ruleset"]}
 LOAD = {"iptables": ["iptables-restore"], "ip6tables": ["ip6tables-restore"], "nft": ["nft", "-f", "-"]}
-APPLY_TIMEOUT = 60.0  # a new rule set that cuts our old connection may leave the apply without an answer
 SETTLE_S = 30  # after the window: how long the host may take to restore and the old path to come back
 RETRY_S = 1.0  # between attempts to reach the host through the old path
 KEEP_JOBS = 5  # finished job dirs kept on the host (the newest)
@@ -110,7 +110,7 @@ def apply_with_deadman(run, target: Target, *, new_rules: Mapping[str, str], bac
     crash_point("deadman-saved")
     pid = _arm(target, job)
     crash_point("deadman-armed")
-    failure = _apply(target, new_rules, tools)
+    failure = _apply(target, job)
     crash_point("deadman-applied")
     if failure is not None:
         return _abandon(target, job, saved, failure)
@@ -157,6 +157,7 @@ def _save(target: Target, job: _Job, new_rules: Mapping[str, str], tools: list[s
         target.replace_file(f"{job.dir}/saved.{tool}", saved[tool], keep_previous=False, mode=0o600)
         target.replace_file(f"{job.dir}/restore.{tool}", restore_text(tool, saved[tool], new_rules[tool]),
                             keep_previous=False, mode=0o600)
+        target.replace_file(f"{job.dir}/new.{tool}", new_rules[tool], keep_previous=False, mode=0o600)
     return saved
 
 
@@ -190,13 +191,16 @@ def _arm(target: Target, job: _Job) -> int:
     return int(_fields(out)["pid"])
 
 
-def _apply(target: Target, new_rules: Mapping[str, str], tools: list[str]) -> str | None:
-    """None when every file loaded; else why not (the revert is armed: the host is safe either way)."""
-    for tool in tools:
-        try:
-            target.run(LOAD[tool], input=new_rules[tool], timeout=APPLY_TIMEOUT)
-        except _FAILURES as exc:
-            return f"apply {tool}: {exc}"
+def _apply(target: Target, job: _Job) -> str | None:
+    """None unless the host refused the new rules (then why): the script loads every ``new.*`` file in one
+    command, and only while the revert is armed. No answer (our session cut by the new rules) is not a
+    refusal: the confirmation decides, and the cancel confirms only an apply that recorded success."""
+    try:
+        target.run(job.argv("apply", job.token), timeout=max(job.window_s, 5))
+    except CommandError as exc:
+        return None if exc.returncode == 124 else f"apply: {exc}"
+    except _FAILURES as exc:
+        target.echo(f"{target.describe()}: no answer from the apply: {exc}")
     return None
 
 

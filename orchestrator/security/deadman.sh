@@ -9,18 +9,21 @@ finish() {  # the job's outcome, written whole
     printf '%s\n' "$1" > "$dir/outcome.tmp" && mv -f "$dir/outcome.tmp" "$dir/outcome"
 }
 
-restore() {  # load every restore.* file of the job (the rules saved before the change)
+load() {  # load every $1.* file of the job: restore.* (the rules saved before) or new.*
     rc=0
-    for f in "$dir/restore.iptables" "$dir/restore.ip6tables" "$dir/restore.nft"; do
+    for f in "$dir/$1.iptables" "$dir/$1.ip6tables" "$dir/$1.nft"; do
         [ -e "$f" ] || continue
         case $f in
             *.iptables) iptables-restore < "$f" || rc=$? ;;
             *.ip6tables) ip6tables-restore < "$f" || rc=$? ;;
             *.nft) nft -f "$f" || rc=$? ;;
         esac
+        [ "$1" = new ] && [ "$rc" -ne 0 ] && break
     done
     return "$rc"
 }
+
+restore() { load restore; }
 
 ours() {  # $1 (a pid) is alive, not a zombie, and its command line carries the job token $2
     [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
@@ -53,7 +56,17 @@ revert)  # DIR WINDOW TOKEN: after WINDOW seconds, restore the old rules unless 
     sleep "$3"
     ln -s reverted "$dir/decision" 2>/dev/null || exit 0
     if restore; then finish reverted; else finish "revert-failed rc=$?"; fi ;;
-cancel)  # DIR TOKEN: decide "confirmed" unless the revert decided first; end the revert
+apply)  # DIR TOKEN: load the new.* files, only while the job's revert is armed and undecided
+    # One command for every file: a later file must never arrive after the revert restored (our session
+    # may be cut by the first one and come back once the old rules are).
+    if [ -e "$dir/decision" ] || ! ours "$(cat "$dir/pid" 2>/dev/null)" "$3"; then
+        echo "the revert is not armed (or already decided): nothing applied" >&2; exit 4
+    fi
+    if load new; then echo 0 > "$dir/applied"; else rc=$?; echo "$rc" > "$dir/applied"; exit "$rc"; fi ;;
+cancel)  # DIR TOKEN: decide "confirmed" unless the revert decided first (or the apply failed); end the revert
+    if [ "$(cat "$dir/applied" 2>/dev/null)" != 0 ]; then
+        echo "decision=none applied=$(cat "$dir/applied" 2>/dev/null || echo unknown)"; exit 0
+    fi
     ln -s confirmed "$dir/decision" 2>/dev/null
     decision=$(readlink "$dir/decision")
     if [ "$decision" = confirmed ]; then
