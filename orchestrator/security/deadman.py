@@ -90,6 +90,11 @@ class _Job:
     def script(self) -> str:
         return posixpath.join(self.dir, "deadman.sh")
 
+    @property
+    def saved_path(self) -> str:
+        """The first saved file (``saved.iptables`` or ``saved.nft``; ``saved.ip6tables`` beside it)."""
+        return f"{self.dir}/saved.{self.tools[0]}"
+
     def argv(self, mode: str, *args: object) -> list[str]:
         return ["sh", self.script, mode, self.dir, *(str(arg) for arg in args)]
 
@@ -216,11 +221,10 @@ def _confirm(target: Target, job: _Job, reconnect, pid: int) -> DeadmanOutcome |
         return None
     if fields.get("decision") != "confirmed":
         return None
-    saved_path = _saved(job, job.tools)
     if fields.get("gone") != "yes":
         return DeadmanOutcome("failed", f"confirmed over a new connection, but revert pid {pid} did not end",
-                              saved_path)
-    return DeadmanOutcome("kept", f"confirmed over a new connection; revert (pid {pid}) ended", saved_path)
+                              job.saved_path)
+    return DeadmanOutcome("kept", f"confirmed over a new connection; revert (pid {pid}) ended", job.saved_path)
 
 
 def _abandon(target: Target, job: _Job, saved: dict[str, str], failure: str) -> DeadmanOutcome:
@@ -243,11 +247,11 @@ def _after_revert(target: Target, job: _Job, saved: dict[str, str], why: str) ->
         except _FAILURES as exc:
             _close(target)
             if time.monotonic() > deadline:
-                return DeadmanOutcome("failed", f"{why}; the old path did not come back: {exc}", _saved(job, job.tools))
+                return DeadmanOutcome("failed", f"{why}; the old path did not come back: {exc}", job.saved_path)
             time.sleep(RETRY_S)
     if outcome == "pending":
         return DeadmanOutcome("failed", f"{why}; the revert had not ended {SETTLE_S} s after the window",
-                              _saved(job, job.tools))
+                              job.saved_path)
     return _verified(target, job, saved, why)
 
 
@@ -257,14 +261,9 @@ def _verified(target: Target, job: _Job, saved: dict[str, str], why: str) -> Dea
     differ = [tool for tool, text in saved.items()
               if normalised(tool, target.run(SAVE[tool], mutates=False).stdout) != normalised(tool, text)]
     if outcome.startswith("reverted") and not differ:
-        return DeadmanOutcome("reverted", f"{why}; the host restored the old rules ({outcome})", _saved(job, job.tools))
+        return DeadmanOutcome("reverted", f"{why}; the host restored the old rules ({outcome})", job.saved_path)
     state = f"rules differ from the saved ones: {', '.join(differ)}" if differ else f"outcome {outcome!r}"
-    return DeadmanOutcome("failed", f"{why}; {state}", _saved(job, job.tools))
-
-
-def _saved(job: _Job, tools) -> str:
-    """The first saved file (``saved.iptables`` or ``saved.nft``; ``saved.ip6tables`` beside it)."""
-    return f"{job.dir}/saved.{next(iter(tools))}"
+    return DeadmanOutcome("failed", f"{why}; {state}", job.saved_path)
 
 
 def settle_leftovers(target: Target, state_dir: str) -> list[str]:
