@@ -339,3 +339,17 @@ def test_restore_text_empties_tables_the_old_rules_lacked():
     assert "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]" in text and "--set-xmark" not in text
     assert restore_text("iptables", OLD_V4, GOOD_V4) == OLD_V4
     assert restore_text("nft", OLD_NFT, CUT_NFT) == "flush ruleset\n" + OLD_NFT
+
+
+def test_a_revert_that_cannot_restore_is_reported_failed(host, tmp_path, monkeypatch):
+    """Fault injected: a restore file the host's iptables-restore refuses. The cutting set stays, the old
+    path never comes back, and the host is reported failed (never reverted, never kept)."""
+    from orchestrator.security import deadman
+
+    monkeypatch.setattr(deadman, "restore_text", lambda tool, saved, new: "*filter\n-A NO-SUCH-CHAIN -j DROP\nCOMMIT\n")
+    monkeypatch.setattr(deadman, "SETTLE_S", 3)
+    outcome, _ = apply(host, tmp_path, CUT)
+    assert outcome.status == "failed", outcome.message
+    assert "the old path did not come back" in outcome.message
+    (job,) = job_dirs(tmp_path)
+    assert (job / "outcome").read_text().startswith("revert-failed")
