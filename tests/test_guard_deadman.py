@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from children import finished, wait_until
+from children import finished, no_sshd_session_left, wait_until
 from daemons import group_members
 from netns_lab import SSH_PORT, netns_host
 from orchestrator.faults import ENV as CRASH_ENV
@@ -99,6 +99,7 @@ def host(tmp_path):
         ns.ns("iptables-restore", input=OLD_V4)
         ns.ns("ip6tables-restore", input=OLD_V6)
         yield ns
+        no_sshd_session_left(ns.server)  # every connection we opened, old and new, was closed
     # netns_host asserted the namespace and every process in it gone
 
 
@@ -353,3 +354,4 @@ def test_a_revert_that_cannot_restore_is_reported_failed(host, tmp_path, monkeyp
     assert "the old path did not come back" in outcome.message
     (job,) = job_dirs(tmp_path)
     assert (job / "outcome").read_text().startswith("revert-failed")
+    host.ns("iptables-restore", input=OLD_V4)  # let the cut sessions end (the fixture checks they do)

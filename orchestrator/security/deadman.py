@@ -18,7 +18,7 @@ Steps on the host, each durable before the next (a ``kill -9`` of our process at
    over it: ``deadman.sh cancel`` decides "confirmed", ends the revert's process group (by its pid
    file, checking the pid's command line carries the job token) and says whether it is gone.
 
-Exactly one party decides: the revert and the cancel both ``ln -s <decision> DIR/decision``, which
+Exactly one party decides: the revert and the cancel both ``ln -sn <decision> DIR/decision``, which
 is atomic and refuses an existing name. If the new connection cannot be made in time we do nothing:
 the host restores by itself; we reconnect through the OLD path after the window, wait for the
 outcome and compare the rules with the saved ones (``normalised``: counters and comments aside),

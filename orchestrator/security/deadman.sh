@@ -54,7 +54,7 @@ arm)  # DIR WINDOW TOKEN: start the revert in a session of its own (it outlives 
 revert)  # DIR WINDOW TOKEN: after WINDOW seconds, restore the old rules unless the job was decided
     echo "$$" > "$dir/pid.tmp" && mv -f "$dir/pid.tmp" "$dir/pid"
     sleep "$3"
-    ln -s reverted "$dir/decision" 2>/dev/null || exit 0
+    ln -sn reverted "$dir/decision" 2>/dev/null || exit 0
     if restore; then finish reverted; else finish "revert-failed rc=$?"; fi ;;
 apply)  # DIR TOKEN: load the new.* files, only while the job's revert is armed and undecided
     # One command for every file: a later file must never arrive after the revert restored (our session
@@ -67,7 +67,7 @@ cancel)  # DIR TOKEN: decide "confirmed" unless the revert decided first (or the
     if [ "$(cat "$dir/applied" 2>/dev/null)" != 0 ]; then
         echo "decision=none applied=$(cat "$dir/applied" 2>/dev/null || echo unknown)"; exit 0
     fi
-    ln -s confirmed "$dir/decision" 2>/dev/null
+    ln -sn confirmed "$dir/decision" 2>/dev/null
     decision=$(readlink "$dir/decision")
     if [ "$decision" = confirmed ]; then
         gone=$(stop_revert "$3")
@@ -77,7 +77,7 @@ cancel)  # DIR TOKEN: decide "confirmed" unless the revert decided first (or the
         echo "decision=$decision gone=unknown"
     fi ;;
 abandon)  # DIR TOKEN: the change failed: decide "reverted" now, end the revert, restore
-    ln -s reverted "$dir/decision" 2>/dev/null
+    ln -sn reverted "$dir/decision" 2>/dev/null
     gone=$(stop_revert "$3")
     if [ "$(readlink "$dir/decision")" = reverted ] && [ ! -e "$dir/outcome" ]; then
         if restore; then finish "reverted (apply failed)"; else finish "revert-failed rc=$?"; fi
@@ -95,7 +95,7 @@ settle)  # DIR TOKEN SECONDS: wait (at most SECONDS) for the revert to end; then
         elif ours "$pid" "$3"; then
             echo "outcome=pending"; exit 0
         else  # the revert died undecided or mid-restore (killed, or the host rebooted): finish its work
-            ln -s reverted "$dir/decision" 2>/dev/null
+            ln -sn reverted "$dir/decision" 2>/dev/null
             if [ "$(readlink "$dir/decision")" = confirmed ]; then finish confirmed
             elif restore; then finish "reverted (by a later run)"
             else finish "revert-failed rc=$?"
