@@ -117,13 +117,19 @@ def target(host, **kw) -> RemoteTarget:
                         connect_timeout=2, command_timeout=60, **kw)
 
 
-def apply(host, tmp_path, rules, *, backend="iptables", window=WINDOW, dry=False, reconnects=None):
-    """One ``apply_with_deadman`` inside a real job run; returns (outcome, what it printed)."""
+def apply(host, tmp_path, rules, *, backend="iptables", window=WINDOW, dry=False, reconnects=None, first_port=None):
+    """One ``apply_with_deadman`` inside a real job run; returns (outcome, what it printed).
+    ``first_port``: the first new connection goes there (a port nothing listens on: refused)."""
     found = {}
+    tries = []
 
     def reconnect():
+        tries.append(time.monotonic())
         if reconnects is not None:
-            reconnects.append(time.monotonic())
+            reconnects.append(tries[-1])
+        if first_port is not None and len(tries) == 1:
+            return RemoteTarget(host.server.host, port=first_port, key_filename=host.server.key_filename,
+                                known_hosts=host.server.known_hosts, connect_timeout=2)
         return target(host)
 
     def body(run):
@@ -204,6 +210,16 @@ def test_good_rules_are_confirmed_over_a_new_connection_and_kept(host, tmp_path)
     assert "-A geo-ssh -j ACCEPT" in host.ns("iptables", "-S").stdout
     with target(host) as again:  # and SSH still gets in
         assert again.run(["true"]).ok
+
+
+def test_a_failed_new_connection_is_tried_again_within_the_window(host, tmp_path):
+    reconnects = []
+    outcome, _ = apply(host, tmp_path, GOOD, window=10, reconnects=reconnects, first_port=SSH_PORT + 1)
+    assert outcome.status == "kept", outcome.message
+    assert len(reconnects) == 2
+    (job,) = job_dirs(tmp_path)
+    assert (job / "outcome").read_text().strip() == "confirmed"
+    assert_revert_gone(job)
 
 
 def test_nftables_cut_is_rolled_back(host, tmp_path):

@@ -113,13 +113,13 @@ def apply_with_deadman(run, target: Target, *, new_rules: Mapping[str, str], bac
     settle_leftovers(target, state_dir)
     saved = _save(target, job, new_rules, tools)
     crash_point("deadman-saved")
-    pid = _arm(target, job)
+    pid, armed_at = _arm(target, job), time.monotonic()
     crash_point("deadman-armed")
     failure = _apply(target, job)
     crash_point("deadman-applied")
     if failure is not None:
         return _abandon(target, job, saved, failure)
-    outcome = _confirm(target, job, reconnect, pid)
+    outcome = _confirm(target, job, reconnect, pid, armed_at)
     if outcome is not None:
         crash_point("deadman-confirmed")
         _prune(target, state_dir)
@@ -209,22 +209,31 @@ def _apply(target: Target, job: _Job) -> str | None:
     return None
 
 
-def _confirm(target: Target, job: _Job, reconnect, pid: int) -> DeadmanOutcome | None:
-    """Cancel the revert over a new connection; None when that connection cannot be made or came too late."""
-    try:
-        with reconnect() as fresh:
-            if fresh is target:
-                raise ValueError("reconnect() must open a new connection, not return the old target")
-            fields = _fields(fresh.run(job.argv("cancel", job.token), timeout=30).stdout)
-    except _FAILURES as exc:
-        target.echo(f"{target.describe()}: new connection failed: {exc}")
-        return None
+def _confirm(target: Target, job: _Job, reconnect, pid: int, armed_at: float) -> DeadmanOutcome | None:
+    """Cancel the revert over a new connection, tried again until the window ends (a knock or a restarting
+    sshd may need a moment); None when none could be made, or it came after the revert decided."""
+    while True:
+        try:
+            fields = _cancel_over_new_connection(target, job, reconnect)
+            break
+        except _FAILURES as exc:
+            if time.monotonic() + RETRY_S >= armed_at + job.window_s:
+                target.echo(f"{target.describe()}: no new connection within the window: {exc}")
+                return None
+            time.sleep(RETRY_S)
     if fields.get("decision") != "confirmed":
         return None
     if fields.get("gone") != "yes":
         return DeadmanOutcome("failed", f"confirmed over a new connection, but revert pid {pid} did not end",
                               job.saved_path)
     return DeadmanOutcome("kept", f"confirmed over a new connection; revert (pid {pid}) ended", job.saved_path)
+
+
+def _cancel_over_new_connection(target: Target, job: _Job, reconnect) -> dict[str, str]:
+    with reconnect() as fresh:
+        if fresh is target:
+            raise ValueError("reconnect() must open a new connection, not return the old target")
+        return _fields(fresh.run(job.argv("cancel", job.token), timeout=30).stdout)
 
 
 def _abandon(target: Target, job: _Job, saved: dict[str, str], failure: str) -> DeadmanOutcome:
