@@ -251,7 +251,8 @@ def test_dry_prints_every_step_and_changes_nothing(host, tmp_path):
     before = saves(host)
     outcome, printed = apply(host, tmp_path, CUT, dry=True)
     assert outcome.status == "planned"
-    for step in ("save: iptables-save", "arm: sh ", "apply: iptables-restore", "confirm over a new connection"):
+    for step in ("save: iptables-save", "save: ip6tables-save", "arm: sh ", "apply: sh ", "iptables-restore < new",
+                 "confirm over a new connection: sh "):
         assert step in printed, printed
     assert not (tmp_path / "host-state").exists()
     assert saves(host) == before

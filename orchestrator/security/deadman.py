@@ -51,9 +51,9 @@ from ..run.base import Target
 SCRIPT = resources.files(__package__).joinpath("deadman.sh").read_text()
 BACKENDS = {"iptables": ("iptables", "ip6tables"), "nftables": ("nft",)}
 SAVE = {"iptables": ["iptables-save"], "ip6tables": ["ip6tables-save"], "nft": ["nft", "list", "ruleset"]}
-LOAD = {"iptables": ["iptables-restore"], "ip6tables": ["ip6tables-restore"], "nft": ["nft", "-f", "-"]}
+LOAD = {"iptables": ["iptables-restore"], "ip6tables": ["ip6tables-restore"], "nft": ["nft", "-f"]}  # as deadman.sh
 SETTLE_S = 30  # after the window: how long the host may take to restore and the old path to come back
-RETRY_S = 1.0  # between attempts to reach the host through the old path
+RETRY_S = 1.0  # between attempts to reach the host (a new connection, or the old path after the window)
 KEEP_JOBS = 5  # finished job dirs kept on the host (the newest)
 _JOB_NAME = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{12}\Z")
 _FAILURES = (OrchestratorError, OSError, EOFError, paramiko.SSHException)
@@ -142,11 +142,11 @@ def _plan(target: Target, job: _Job, tools: list[str]) -> DeadmanOutcome:
     """Under ``--dry``: the commands of every step, nothing run (leftovers are not settled either)."""
     say = lambda line: target.echo(f"[dry-run] {target.describe()}: {line}")  # noqa: E731
     for tool in tools:
-        say(f"save: {' '.join(SAVE[tool])} > {job.dir}/saved.{tool}")
+        say(f"save: {' '.join(SAVE[tool])} > {job.dir}/saved.{tool} (new rules to {job.dir}/new.{tool})")
     say(f"arm: {' '.join(job.argv('arm', job.window_s, job.token))}"
         f" (restores the saved rules after {job.window_s} s unless confirmed)")
-    for tool in tools:
-        say(f"apply: {' '.join(LOAD[tool])} < new {tool} rules")
+    loads = ", ".join(f"{' '.join(LOAD[tool])} < new.{tool}" for tool in tools)
+    say(f"apply: {' '.join(job.argv('apply', job.token))} ({loads})")
     say(f"confirm over a new connection: {' '.join(job.argv('cancel', job.token))}")
     return DeadmanOutcome("planned", "dry run: nothing changed", None)
 
