@@ -54,6 +54,13 @@ KERNEL_DEPLOY_POINTS = (
     "deploy-armed",              # the one-shot is armed, the host's state file not yet written
 )
 
+GUARD_POINTS = (
+    "deadman-saved",      # the host's current rules are saved in the job dir, nothing armed or changed
+    "deadman-armed",      # the revert runs on the host (pid file written), the new rules are not applied
+    "deadman-applied",    # the new rules are live, not confirmed: the armed revert brings the old ones back
+    "deadman-confirmed",  # a new connection cancelled the revert (decision "confirmed"), not yet reported
+)
+
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +38,10 @@ class SshServer:
     log_path: str  # sshd's own log (``-e``), for debugging a failed test
 
 
-def sshd_config(tmp: Path, port: int) -> str:
+def sshd_config(tmp: Path, port: int, listen: str = LOOPBACK) -> str:
     return "\n".join(
         [
-            f"ListenAddress {LOOPBACK}",
+            f"ListenAddress {listen}",
             f"Port {port}",
             f"HostKey {tmp / 'host_ed25519'}",
             f"PidFile {tmp / 'sshd.pid'}",
@@ -63,24 +63,28 @@ def sshd_config(tmp: Path, port: int) -> str:
 
 
 @contextmanager
-def running_sshd(tmp_dir: str | os.PathLike, *, start_timeout: float = 10.0) -> Iterator[SshServer]:
-    """Run ``sshd -D`` on a free loopback port for the duration of the block."""
+def running_sshd(tmp_dir: str | os.PathLike, *, start_timeout: float = 10.0, listen: str = LOOPBACK,
+                 port: int | None = None, prefix: Sequence[str] = ()) -> Iterator[SshServer]:
+    """Run ``sshd -D`` on a free loopback port for the duration of the block.
+
+    ``listen``, ``port`` and ``prefix`` (e.g. ``ip netns exec NS``) run it elsewhere: inside a network
+    namespace on an address the build box reaches over a veth pair."""
     tmp = Path(tmp_dir)
     tmp.mkdir(parents=True, exist_ok=True)
     _keygen(tmp / "host_ed25519")
     _keygen(tmp / "client_ed25519")
     (tmp / "authorized_keys").write_text((tmp / "client_ed25519.pub").read_text())
-    port = free_port()
-    (tmp / "sshd_config").write_text(sshd_config(tmp, port))
+    port = port or free_port()
+    (tmp / "sshd_config").write_text(sshd_config(tmp, port, listen))
     host_key = (tmp / "host_ed25519.pub").read_text().split()[:2]
-    (tmp / "known_hosts").write_text(f"[{LOOPBACK}]:{port} {' '.join(host_key)}\n")
+    (tmp / "known_hosts").write_text(f"[{listen}]:{port} {' '.join(host_key)}\n")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log_path = tmp / "sshd.log"
-    argv = [*_without_own_bashrc(tmp), SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")]
-    with running(argv, what=f"sshd on {LOOPBACK}:{port}", ready=port_answers(LOOPBACK, port), log=log_path,
+    argv = [*prefix, *_without_own_bashrc(tmp), SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")]
+    with running(argv, what=f"sshd on {listen}:{port}", ready=port_answers(listen, port), log=log_path,
                  timeout=start_timeout):
         yield SshServer(
-            host=LOOPBACK,
+            host=listen,
             port=port,
             user="root",
             key_filename=str(tmp / "client_ed25519"),

@@ -2,5 +2,6 @@
 
 Rooms: ``secrets`` (knock sequences and SPA keys, generated and kept in a 0600 file),
 ``render`` (the files each host gets, from templates/guard/), ``validate`` (our checks and
-the daemons' own, in throwaway network namespaces), ``jobs`` (``inv guard.render``).
+the daemons' own, in throwaway network namespaces), ``jobs`` (``inv guard.render``), ``deadman``
+(a firewall applied with a revert armed on the host, cancelled only over a new connection).
 """
