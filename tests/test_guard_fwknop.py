@@ -1,0 +1,142 @@
+"""fwknopd in a throwaway network namespace: one SPA packet from our client opens, a real replay of the
+captured packet does not.
+
+The replay is real: an eavesdropper's packet socket (``AF_PACKET``) in the namespace copies the UDP
+payload off the wire as our client sends it, and the very same bytes are sent again later. (fwknopd's
+``--pcap-file`` test mode accepts replays, so it would prove nothing.)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from children import wait_until
+from netns import Netns, ns, no_netns_left  # noqa: F401  (fixtures)
+from orchestrator.errors import OrchestratorError
+from orchestrator.security import knock
+from orchestrator.security.knock import SPA_PORT, send_spa
+
+ETH_P_IP = 0x0800
+
+
+@pytest.fixture
+def keys(tmp_path) -> tuple[str, str]:
+    out = subprocess.run(["fwknop", "--no-rc-file", "--key-gen"], check=True, capture_output=True, text=True,
+                         env={**os.environ, "HOME": str(tmp_path)}).stdout
+    found = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return found["KEY_BASE64"].strip(), found["HMAC_KEY_BASE64"].strip()
+
+
+def write_fwknopd(tmp: Path, key: str, hmac: str, access_timeout: int) -> tuple[Path, Path]:
+    run = tmp / "run"
+    run.mkdir()
+    conf, access = tmp / "fwknopd.conf", tmp / "access.conf"
+    conf.write_text(f"PCAP_INTF lo;\nENABLE_PCAP_PROMISC N;\nPCAP_FILTER udp port {SPA_PORT};\n"
+                    f"ENABLE_DIGEST_PERSISTENCE Y;\nFWKNOP_RUN_DIR {run};\nFWKNOP_PID_FILE {run}/fwknopd.pid;\n"
+                    f"DIGEST_FILE {run}/digest.cache;\n")
+    access.write_text(f"SOURCE ANY\nKEY_BASE64 {key}\nHMAC_KEY_BASE64 {hmac}\n"
+                      f"FW_ACCESS_TIMEOUT {access_timeout}\nOPEN_PORTS tcp/22\n")
+    for path in (conf, access):
+        path.chmod(0o600)
+    return conf, access
+
+
+@pytest.fixture
+def fwknopd(ns: Netns, tmp_path, keys):
+    conf, access = write_fwknopd(tmp_path, *keys, access_timeout=2)
+    log = tmp_path / "fwknopd.log"
+    ns.running(["fwknopd", "-f", "-i", "lo", "-c", str(conf), "-a", str(access)], what="fwknopd", log=log,
+               ready=lambda: log.exists() and "main event loop" in log.read_text(), timeout=15)
+    return log
+
+
+def spa_rules(ns: Netns) -> list[str]:
+    done = ns.run("iptables", "-S", "FWKNOP_INPUT", check=False)
+    return [line for line in done.stdout.splitlines() if "--dport 22" in line]
+
+
+def eavesdropper() -> socket.socket:
+    """A packet socket on ``lo`` (made inside the namespace) that sees every IPv4 packet there."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    sock.bind(("lo", ETH_P_IP))
+    sock.settimeout(10)
+    return sock
+
+
+def captured_spa(sock: socket.socket) -> bytes:
+    """The UDP payload of the first packet to the SPA port."""
+    while True:
+        packet = sock.recv(65535)
+        ihl = (packet[0] & 0x0F) * 4
+        if packet[9] == socket.IPPROTO_UDP and struct.unpack("!H", packet[ihl + 2:ihl + 4])[0] == SPA_PORT:
+            return packet[ihl + 8:]
+
+
+def replay(payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(payload, ("127.0.0.1", SPA_PORT))
+
+
+def count(log: Path, text: str) -> int:
+    return log.read_text().count(text)
+
+
+def test_a_valid_spa_packet_opens_and_its_replay_is_refused(ns, fwknopd, keys):
+    sock = ns.call(eavesdropper)
+    try:
+        ns.call(send_spa, "127.0.0.1", *keys, [(22, "tcp")])
+        payload = captured_spa(sock)
+    finally:
+        sock.close()
+    wait_until(lambda: len(spa_rules(ns)) == 1, lambda: f"no SPA rule: {fwknopd.read_text()[-800:]}", timeout=10)
+    wait_until(lambda: not spa_rules(ns), "the SPA rule did not expire", timeout=15)
+    ns.call(replay, payload)
+    wait_until(lambda: count(fwknopd, "Replay detected") == 1, "fwknopd did not judge the replay", timeout=10)
+    assert spa_rules(ns) == []
+    ns.call(send_spa, "127.0.0.1", *keys, [(22, "tcp")])  # a fresh packet still opens: only the replay was refused
+    wait_until(lambda: len(spa_rules(ns)) == 1, "a fresh SPA packet did not open", timeout=10)
+
+
+def test_a_packet_with_a_wrong_hmac_key_opens_nothing(ns, fwknopd, keys, tmp_path):
+    other = subprocess.run(["fwknop", "--no-rc-file", "--key-gen"], check=True, capture_output=True, text=True,
+                           env={**os.environ, "HOME": str(tmp_path)}).stdout
+    wrong_hmac = dict(line.split(":", 1) for line in other.splitlines() if ":" in line)["HMAC_KEY_BASE64"].strip()
+    ns.call(send_spa, "127.0.0.1", keys[0], wrong_hmac, [(22, "tcp")])
+    wait_until(lambda: "HMAC" in fwknopd.read_text().split("main event loop", 1)[1], "fwknopd did not judge it",
+               timeout=10)
+    assert spa_rules(ns) == []
+
+
+def test_the_keys_reach_fwknop_only_in_a_0600_file(ns, tmp_path, monkeypatch, keys):
+    """A wrapper in front of the real client records its command line and the rc file's mode."""
+    record = tmp_path / "record"
+    wrapper = tmp_path / "fwknop"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"tr '\\0' ' ' < /proc/$$/cmdline > {record}; echo >> {record}\n"
+                       f"stat -c %a \"$2\" >> {record}\n"
+                       "exec fwknop \"$@\"\n")
+    wrapper.chmod(stat.S_IRWXU)
+    monkeypatch.setattr(knock, "FWKNOP", str(wrapper))
+    ns.call(send_spa, "127.0.0.1", *keys, [(22, "tcp")])
+    argv, mode = record.read_text().splitlines()
+    assert keys[0] not in argv and keys[1] not in argv and "--rc-file" in argv
+    assert mode == "600"
+    rc = argv.split("--rc-file ")[1].split()[0]
+    assert not Path(rc).exists()  # removed after the send
+
+
+def test_a_failing_fwknop_is_one_line_without_the_keys(tmp_path, monkeypatch, keys):
+    wrapper = tmp_path / "fwknop"
+    wrapper.write_text("#!/bin/sh\ncat \"$2\"; cat \"$2\" >&2; exit 3\n")
+    wrapper.chmod(stat.S_IRWXU)
+    monkeypatch.setattr(knock, "FWKNOP", str(wrapper))
+    with pytest.raises(OrchestratorError) as caught:
+        send_spa("127.0.0.1", *keys, [(22, "tcp")])
+    assert str(caught.value) == "fwknop: sending the SPA packet to 127.0.0.1 failed (exit 3)"
