@@ -7,8 +7,9 @@ them, never in the host's own network stack (NEVER the host's firewall).
   off, so an address is usable at once), for tests where a knock must come from another source;
 * ``Netns.call(fn)``: ``fn`` in a thread that entered the namespace (``setns`` acts on the calling
   thread only, so the test process itself never leaves its own); a child started from there is in it too;
-* ``no_netns_left``: a fixture asserting ``ip netns list`` has none of this process's namespaces after
-  a test; ``sweep_dead()`` deletes namespaces left by a test process that was killed (its pid is in the name).
+* ``checked_namespaces()``: what a test module's fixture wraps: namespaces made on demand, all deleted
+  after the test, then ``ip netns list`` asserted to hold none of this process's; before it,
+  ``sweep_dead()`` deletes namespaces left by a test process that was killed (its pid is in the name).
 
 A namespace dies with its last reference: ``ip netns del`` after its processes are gone frees it all,
 rules, interfaces and sockets included.
@@ -27,9 +28,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from daemons import running
+from orchestrator.signals import terminate_unwinds
 
 PREFIX = "geo-"
 NAME_RE = re.compile(rf"{PREFIX}(\d+)-[0-9a-f]{{6}}")
@@ -149,17 +149,19 @@ def _ip(ns: Netns, *argv: str) -> None:
     subprocess.run(["ip", "-n", ns.name, *argv], check=True, capture_output=True)
 
 
-@pytest.fixture
-def no_netns_left():
-    """After the test, none of this process's namespaces is left (``ip netns list``)."""
-    yield
+def assert_none_left() -> None:
+    """None of this process's namespaces is left (``ip netns list``); any found is deleted, then reported."""
     left = ours()
     for name in left:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
     assert not left, f"network namespaces left behind: {left}"
 
 
-@pytest.fixture
-def ns(no_netns_left) -> Iterator[Netns]:
-    with namespace() as made:
-        yield made
+@contextmanager
+def checked_namespaces() -> Iterator[Callable[[], Netns]]:
+    """For a test's fixture: ``new()`` makes namespaces; after the block all are gone and none is left.
+    SIGTERM (a CI abort) unwinds through here too, so the namespaces are deleted then as well."""
+    sweep_dead()
+    with terminate_unwinds(), ExitStack() as stack:
+        yield lambda: stack.enter_context(namespace())
+    assert_none_left()

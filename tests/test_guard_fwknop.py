@@ -18,12 +18,19 @@ from pathlib import Path
 import pytest
 
 from children import wait_until
-from netns import Netns, ns, no_netns_left  # noqa: F401  (fixtures)
+from netns import Netns, checked_namespaces
 from orchestrator.errors import OrchestratorError
 from orchestrator.security import knock
 from orchestrator.security.knock import SPA_PORT, send_spa
 
 ETH_P_IP = 0x0800
+
+
+@pytest.fixture
+def ns():
+    """A fresh namespace; after the test it and its daemons are gone, and no namespace of ours is left."""
+    with checked_namespaces() as new:
+        yield new()
 
 
 @pytest.fixture

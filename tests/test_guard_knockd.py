@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from children import wait_until
-from netns import Netns, ns, no_netns_left  # noqa: F401  (fixtures)
+from netns import Netns, checked_namespaces
 from orchestrator.errors import OrchestratorError
 from orchestrator.security.knock import OneTimeLedger, send_sequence
 
@@ -72,6 +72,13 @@ class Knockd:
     def wait_rules(self, count: int) -> None:
         wait_until(lambda: len(self.rules()) == count, lambda: f"want {count} rule(s), have {self.rules()}",
                    timeout=10)
+
+
+@pytest.fixture
+def ns():
+    """A fresh namespace; after the test it and its daemons are gone, and no namespace of ours is left."""
+    with checked_namespaces() as new:
+        yield new()
 
 
 @pytest.fixture

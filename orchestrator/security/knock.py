@@ -75,7 +75,7 @@ def _knock(family: int, address: str, port: int, proto: str) -> None:
         sock.setblocking(False)
         code = sock.connect_ex((address, port))  # the SYN leaves here; no answer is awaited
         if code not in (0, errno.EINPROGRESS, errno.ECONNREFUSED, errno.EAGAIN):
-            raise OrchestratorError(f"knock: cannot send to {address} port {port}: {os.strerror(code)}")
+            raise OrchestratorError(f"knock: cannot send to {address}: {os.strerror(code)}")  # no port: it is secret
 
 
 class OneTimeLedger:

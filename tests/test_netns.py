@@ -1,0 +1,89 @@
+"""The namespace fixtures themselves: what runs inside stays inside, and nothing outlives a test, not
+even one stopped by SIGTERM or killed with -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from children import wait_gone
+from netns import Netns, checked_namespaces, linked, listed, sweep_dead
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from netns import checked_namespaces
+with checked_namespaces() as new:
+    ns = new()
+    proc = ns.running(["sleep", "1000"], what="sleep", ready=lambda: True)
+    print(ns.name, proc.pid, flush=True)
+    time.sleep(1000)
+"""
+
+
+@pytest.fixture
+def new():
+    with checked_namespaces() as make:
+        yield make
+
+
+def child() -> tuple[subprocess.Popen, str, int]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent))],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    name, pid = proc.stdout.readline().split()
+    return proc, name, int(pid)
+
+
+def test_a_namespace_has_its_own_stack_and_a_veth_link_carries_v4_and_v6(new):
+    a, b = new(), new()
+    link = linked(a, b)
+    assert a.name in listed() and b.name in listed()
+    assert "127.0.0.1" in a.run("ip", "-4", "addr", "show", "lo").stdout
+    assert link.b4 in b.run("ip", "-4", "addr").stdout and link.b4 not in a.run("ip", "-4", "addr").stdout
+    for family, address in ((socket.AF_INET, link.b4), (socket.AF_INET6, link.b6)):
+        server = b.call(listener, family, address)
+        with server:
+            port = server.getsockname()[1]
+            a.call(lambda: socket.create_connection((address, port), timeout=5).close())
+            with pytest.raises(OSError):  # not reachable from here: only across the link
+                socket.create_connection((address, port), timeout=0.5).close()
+    inside = a.call(lambda: Path("/proc/thread-self/ns/net").resolve().name)
+    assert inside != Path("/proc/self/ns/net").resolve().name  # the call ran elsewhere; we did not move
+
+
+def listener(family: int, address: str) -> socket.socket:
+    server = socket.socket(family)
+    server.bind((address, 0))
+    server.listen(4)
+    return server
+
+
+def test_sigterm_stops_the_daemons_and_deletes_the_namespace():
+    proc, name, daemon = child()
+    assert name in listed() and Path(f"/proc/{daemon}").exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    wait_gone(daemon, "the daemon in the namespace")
+    assert name not in listed()
+
+
+def test_after_kill_9_the_daemon_dies_with_its_parent_and_the_next_run_sweeps_the_namespace():
+    proc, name, daemon = child()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    wait_gone(daemon, "the daemon whose parent was killed (pdeathsig)")
+    assert name in listed()  # nothing could run after kill -9
+    assert name in sweep_dead()
+    assert name not in listed()
+
+
+def test_an_exception_in_a_call_reaches_the_caller(new):
+    ns: Netns = new()
+    with pytest.raises(ZeroDivisionError):
+        ns.call(lambda: 1 / 0)
