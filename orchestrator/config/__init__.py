@@ -11,7 +11,7 @@ Rooms:
 * ``validator``: the validator (``_build``/``_coerce``) and the value types
   (``Size``, ``Port``, ``Cidr``, ``Between`` ranges), ``human_size``;
 * one module per section: ``general`` (``orchestrator``), ``backup``, ``binhost``, ``kernel``,
-  ``ec2``, ``fleet``;
+  ``ec2``, ``fleet``, ``guard``;
   each section class checks its own cross-field rules in ``check(key)``;
 * ``sections``: the registry of our sections, their defaults for invoke, loading one;
 * ``strict``: the one layer that checks the whole merged config before a job;
@@ -37,6 +37,7 @@ from .ec2 import Ec2Config
 from .files import StrictConfig, adopt
 from .fleet import FleetConfig, HostConfig
 from .general import GeneralConfig
+from .guard import Fail2banConfig, FirewallConfig, GuardConfig, GuardImage, Knock, KnockConfig
 from .kernel import ImageConfig, KernelConfig, SourceConfig
 from .sections import SECTIONS, check_store, defaults, from_invoke, load_section
 from .strict import check_config
@@ -58,7 +59,7 @@ from .validator import (
 __all__ = [
     "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "Ec2Config",
-    "EncryptionConfig", "FleetConfig", "GeneralConfig", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig",
+    "EncryptionConfig", "Fail2banConfig", "FirewallConfig", "FleetConfig", "GeneralConfig", "GuardConfig", "GuardImage", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig", "Knock", "KnockConfig",
     "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig", "Size", "SourceConfig",
     "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
     "defaults", "from_invoke", "human_size", "load_section", "plain",

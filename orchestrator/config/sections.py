@@ -11,6 +11,7 @@ from .binhost import BinhostConfig
 from .ec2 import Ec2Config
 from .fleet import FleetConfig
 from .general import GeneralConfig
+from .guard import GuardConfig
 from .kernel import KernelConfig
 from .validator import _build, plain
 
@@ -21,6 +22,7 @@ SECTIONS: dict[str, type] = {
     "kernel": KernelConfig,
     "ec2": Ec2Config,
     "fleet": FleetConfig,
+    "guard": GuardConfig,
 }
 
 

@@ -7,7 +7,7 @@ naming the file, the section, the variable or the dotted key, exit code 2
 * a config file given with ``-f`` (or INVOKE_RUNTIME_CONFIG) that does not exist;
 * a top-level section that is neither ours nor invoke's own (``bakup:``);
 * an ``INVOKE_ORCHESTRATOR_*``, ``INVOKE_BACKUP_*``, ``INVOKE_BINHOST_*``, ``INVOKE_KERNEL_*``,
-  ``INVOKE_EC2_*`` or ``INVOKE_FLEET_*``
+  ``INVOKE_EC2_*``, ``INVOKE_FLEET_*`` or ``INVOKE_GUARD_*``
   variable that names no setting (invoke only maps variables onto keys that
   exist, and ignores the rest without a word);
 * every setting of every section: type, range, and the settings that only
@@ -52,6 +52,7 @@ def check_config(config: Any, environ: Mapping[str, str] | None = None) -> dict[
 def check_references(sections: Mapping[str, Any]) -> None:
     """Settings of one section that name something in another: ``binhost.clients[].host`` a ``fleet.hosts`` entry."""
     sections["binhost"].check_hosts(sections["fleet"].names)
+    sections["guard"].check_hosts(sections["fleet"].names, sections["fleet"].groups)
 
 
 def check_runtime_file(config: Any) -> None:

@@ -174,8 +174,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
-    if hint in (Size, Cidr):
-        return hint.parse(value, key)
+    if hint in (Size, Cidr) or isinstance(hint, type) and hasattr(hint, "parse"):
+        return hint.parse(value, key)  # a value type of its own (a section's, e.g. guard's KnockSpec)
     if hint is float:
         return _number(value, key)
     if hint is bool:

@@ -1,1 +1,7 @@
-"""Guard: knockd/fwknop, the firewall, fail2ban; the knock client and ssh through them."""
+"""Guarding sshd on every image: knockd or fwknop, a default-drop firewall, fail2ban.
+
+Rooms: ``secrets`` (knock sequences and SPA keys, generated and kept in a 0600 file),
+``render`` (the files each host gets, from templates/guard/), ``validate`` (our checks and
+the daemons' own, in throwaway network namespaces), ``jobs`` (``inv guard.render``),
+``knock`` (the knock and SPA client) and ``access`` (``inv knock``, ``inv ssh``).
+"""
