@@ -192,21 +192,26 @@ def fleet_check(c, hosts="", host=None):
     run_task(c, "fleet-check", lambda run: fleet_check_job.check(run, words), locked=False)
 
 
-@task(name="knock", help={"host": "one host from fleet.hosts", "close": "send the close sequence instead (knockd)"})
-def knock(c, host, close=False):
+ALLOW_IP = "fwknop: the address to let in (default: this box's source address towards the host; behind NAT, the public one)"
+
+
+@task(name="knock", auto_shortflags=False, help={"host": "one host from fleet.hosts", "close": "send the close sequence instead (knockd)",
+                          "allow_ip": ALLOW_IP})
+def knock(c, host, close=False, allow_ip=None):
     """Open the host's guard for this box: its image's knock sequence (knockd) or one SPA packet (fwknop)."""
-    run_task(c, "knock", access.knock_job(host, close), locked=False)
+    run_task(c, "knock", access.knock_job(host, close, allow_ip), locked=False)
 
 
-@task(name="ssh", help={"host": "one host from fleet.hosts", "forward_agent": "forward your ssh-agent (off by default)"})
-def ssh(c, host, forward_agent=False):
+@task(name="ssh", auto_shortflags=False, help={"host": "one host from fleet.hosts", "forward_agent": "forward your ssh-agent (off by default)",
+                        "allow_ip": ALLOW_IP})
+def ssh(c, host, forward_agent=False, allow_ip=None):
     """Knock, wait for sshd's banner, then run the system ssh: `inv ssh web1` or `inv ssh web1 -- uptime`.
 
     Our lines go to stderr, so stdout is the remote command's alone; the exit code is ssh's.
     """
     box: dict = {}
     command = access.remote_command(sys.argv)
-    code = execute(c.config, "ssh", lambda run: access.prepare_ssh(run, host, command, forward_agent, box),
+    code = execute(c.config, "ssh", lambda run: access.prepare_ssh(run, host, command, forward_agent, box, allow_ip),
                    locked=False, out=sys.stderr, err=sys.stderr)
     if code:
         raise Exit(code=code)

@@ -59,7 +59,7 @@ def find_way(run: JobRun, name: str) -> Way:
     return Way(host, images[0] if images else None)
 
 
-def knock(run: JobRun, way: Way, *, close: bool = False) -> str:
+def knock(run: JobRun, way: Way, *, close: bool = False, allow_ip: str | None = None) -> str:
     """Open (or close) the guard for this box; returns what was done, as a line without secrets."""
     image, host = way.image, way.host
     if image is None or image.guard == "none":
@@ -71,7 +71,8 @@ def knock(run: JobRun, way: Way, *, close: bool = False) -> str:
         secrets = load_or_create(run, image)
         if run.dry:
             return f"[dry-run] {host.name}: one SPA packet to {host.host}"
-        client.send_spa(host.host, secrets.spa_key.reveal(), secrets.hmac_key.reveal(), [(image.ssh_port, "tcp")])
+        client.send_spa(host.host, secrets.spa_key.reveal(), secrets.hmac_key.reveal(), [(image.ssh_port, "tcp")],
+                        allow_ip=allow_ip)
         return f"{host.name}: sent one SPA packet (image {image.name})"
     return _knock_sequence(run, way, close)
 
@@ -144,18 +145,19 @@ def remote_command(argv: Sequence[str]) -> list[str]:
     return argv[argv.index("--") + 1:] if "--" in argv else []
 
 
-def knock_job(name: str, close: bool) -> Callable[[JobRun], None]:
+def knock_job(name: str, close: bool, allow_ip: str | None = None) -> Callable[[JobRun], None]:
     def body(run: JobRun) -> None:
-        line = knock(run, find_way(run, name), close=close)
+        line = knock(run, find_way(run, name), close=close, allow_ip=allow_ip)
         run.echo(line)
         run.report.summary["host"] = name
     return body
 
 
-def prepare_ssh(run: JobRun, name: str, command: Sequence[str], forward_agent: bool, box: dict) -> None:
+def prepare_ssh(run: JobRun, name: str, command: Sequence[str], forward_agent: bool, box: dict,
+                allow_ip: str | None = None) -> None:
     """Knock, then wait for the banner; leaves the ``ssh`` argv in ``box`` for the caller to exec."""
     way = find_way(run, name)
-    run.echo(knock(run, way))
+    run.echo(knock(run, way, allow_ip=allow_ip))
     argv = ssh_argv(way.host, command, forward_agent=forward_agent)
     if run.dry:
         run.echo("[dry-run] " + " ".join(argv))

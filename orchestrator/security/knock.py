@@ -5,11 +5,9 @@ knockd watches packets, not connections: a TCP knock only needs its SYN to leave
 send); a UDP knock is one datagram. The knocks go out in order with a short gap (so a reordering network
 path cannot swap two of them), all inside ``seq_timeout``.
 
-One-time sequences (knockd's ``one_time_sequences``) are used in file order, each once: the next unused
-one is claimed in a ledger beside the secrets (written atomically, 0600) *before* it is sent, so a crash
-after the claim wastes one sequence but never sends a used one twice (knockd would not open for it,
-and the admin would be locked out by the wait). The last line is never used: knockd 0.8 aborts
-(double free) after the last one-time sequence of its file.
+One-time sequences are taken by the caller with ``secrets.consume_one_time`` (saved as used before a
+packet leaves, so a crash wastes one but never sends a used one twice; never the last line, after which
+knockd 0.8 aborts) and sent here like any other sequence.
 
 fwknop: the system ``fwknop`` client, with the keys in a 0600 rc file in a private temp directory
 (``--rc-file``, ``-n <stanza>``), so they are on no command line (``ps``) and in no log line.
@@ -23,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, OrchestratorError
@@ -78,54 +76,13 @@ def _knock(family: int, address: str, port: int, proto: str) -> None:
             raise OrchestratorError(f"knock: cannot send to {address}: {os.strerror(code)}")  # no port: it is secret
 
 
-class OneTimeLedger:
-    """How many one-time sequences of an image are used: one integer in a 0600 file, replaced atomically."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def used(self) -> int:
-        try:
-            return int(self.path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            raise OrchestratorError(f"{self.path}: not a count of used one-time sequences") from None
-
-    def claim(self, total: int, what: str, warn: Callable[[str], None] | None = None) -> int:
-        """Mark the next sequence used (durably) and return its index; never the last one of ``total``."""
-        index = self.used()
-        if index >= total - 1:
-            raise OrchestratorError(f"{what}: no unused one-time knock sequence left (the last one is kept: "
-                                    "knockd 0.8 aborts after using it); run inv harden to refill")
-        _write_atomic(self.path, f"{index + 1}\n")
-        left = total - 1 - (index + 1)
-        if warn and left < LOW_WATER:
-            warn(f"{what}: {left} one-time knock sequence(s) left; run inv harden to refill")
-        return index
-
-    def reset(self) -> None:
-        """A fresh list was deployed (``inv harden``): start again at its first line."""
-        _write_atomic(self.path, "0\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def source_address(host: str) -> str:
+    """The address this box sends from towards ``host`` (a UDP ``connect`` sends nothing; the kernel picks
+    the route's source). Behind NAT it is the private one: give the public one (``--allow-ip``) then."""
+    family, address = _address(host)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((address, SPA_PORT))
+        return sock.getsockname()[0]
 
 
 def fwknop_rc(host: str, key_b64: str, hmac_b64: str, ports: Sequence[tuple[int, str]],
@@ -148,8 +105,11 @@ def fwknop_rc(host: str, key_b64: str, hmac_b64: str, ports: Sequence[tuple[int,
 
 
 def send_spa(host: str, key_b64: str, hmac_b64: str, ports: Sequence[tuple[int, str]], *,
-             spa_port: int = SPA_PORT, allow_ip: str = "source", timeout: float = 30.0) -> None:
+             spa_port: int = SPA_PORT, allow_ip: str | None = None, timeout: float = 30.0) -> None:
     """Send one SPA packet with the system ``fwknop``; the keys go through a 0600 rc file only.
+
+    ``allow_ip``: the address the packet asks fwknopd to let in; default this box's source address towards
+    the host (our access.conf sets ``REQUIRE_SOURCE_ADDRESS Y``, so fwknop's ``source`` (0.0.0.0) is refused).
 
     fwknop's own output is not passed on: with ``--verbose`` it prints the keys, and its errors may
     quote the rc file. A failure is one line with its exit code."""
@@ -157,7 +117,7 @@ def send_spa(host: str, key_b64: str, hmac_b64: str, ports: Sequence[tuple[int, 
         rc = Path(tmp) / "fwknoprc"
         fd = os.open(rc, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(fwknop_rc(host, key_b64, hmac_b64, ports, spa_port, allow_ip))
+            out.write(fwknop_rc(host, key_b64, hmac_b64, ports, spa_port, allow_ip or source_address(host)))
         argv = [FWKNOP, "--rc-file", str(rc), "-n", "spa"]
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
