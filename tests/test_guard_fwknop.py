@@ -8,7 +8,6 @@ payload off the wire as our client sends it, and the very same bytes are sent ag
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import struct
@@ -18,10 +17,13 @@ from pathlib import Path
 import pytest
 
 from children import wait_until
+from guard_lab import rendered
 from netns import Netns, checked_namespaces
 from orchestrator.errors import OrchestratorError
 from orchestrator.security import knock
+from orchestrator.security import render
 from orchestrator.security.knock import SPA_PORT, send_spa
+from orchestrator.security.secrets import generate_key
 
 ETH_P_IP = 0x0800
 
@@ -34,32 +36,26 @@ def ns():
 
 
 @pytest.fixture
-def keys(tmp_path) -> tuple[str, str]:
-    out = subprocess.run(["fwknop", "--no-rc-file", "--key-gen"], check=True, capture_output=True, text=True,
-                         env={**os.environ, "HOME": str(tmp_path)}).stdout
-    found = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return found["KEY_BASE64"].strip(), found["HMAC_KEY_BASE64"].strip()
-
-
-def write_fwknopd(tmp: Path, key: str, hmac: str, access_timeout: int) -> tuple[Path, Path]:
-    run = tmp / "run"
-    run.mkdir()
-    conf, access = tmp / "fwknopd.conf", tmp / "access.conf"
-    conf.write_text(f"PCAP_INTF lo;\nENABLE_PCAP_PROMISC N;\nPCAP_FILTER udp port {SPA_PORT};\n"
-                    f"ENABLE_DIGEST_PERSISTENCE Y;\nFWKNOP_RUN_DIR {run};\nFWKNOP_PID_FILE {run}/fwknopd.pid;\n"
-                    f"DIGEST_FILE {run}/digest.cache;\n")
-    access.write_text(f"SOURCE ANY\nKEY_BASE64 {key}\nHMAC_KEY_BASE64 {hmac}\n"
-                      f"FW_ACCESS_TIMEOUT {access_timeout}\nOPEN_PORTS tcp/22\n")
-    for path in (conf, access):
-        path.chmod(0o600)
-    return conf, access
+def guard(tmp_path):
+    """Image ``web`` with guard fwknop, rendered (fwknopd.conf, access.conf with generated keys) for ``lo``."""
+    return rendered(tmp_path, guard="fwknop", interface="lo", knock={"cmd_timeout": 2})
 
 
 @pytest.fixture
-def fwknopd(ns: Netns, tmp_path, keys):
-    conf, access = write_fwknopd(tmp_path, *keys, access_timeout=2)
+def keys(guard) -> tuple[str, str]:
+    return guard.secrets.spa_key.reveal(), guard.secrets.hmac_key.reveal()
+
+
+@pytest.fixture
+def fwknopd(ns: Netns, tmp_path, guard):
+    run = tmp_path / "run"
+    run.mkdir()
+    conf, access = guard.path(render.FWKNOPD_CONF), guard.path(render.ACCESS_CONF)
+    subprocess.run(["fwknopd", "-c", str(conf), "-a", str(access), "--exit-parse-config"], check=True,
+                   capture_output=True)
     log = tmp_path / "fwknopd.log"
-    ns.running(["fwknopd", "-f", "-i", "lo", "-c", str(conf), "-a", str(access)], what="fwknopd", log=log,
+    ns.running(["fwknopd", "-f", "-i", "lo", "-c", str(conf), "-a", str(access), "-r", str(run),
+                "-p", str(run / "fwknopd.pid"), "-d", str(run / "digest.cache")], what="fwknopd", log=log,
                ready=lambda: log.exists() and "main event loop" in log.read_text(), timeout=15)
     return log
 
@@ -111,10 +107,8 @@ def test_a_valid_spa_packet_opens_and_its_replay_is_refused(ns, fwknopd, keys):
     wait_until(lambda: len(spa_rules(ns)) == 1, "a fresh SPA packet did not open", timeout=10)
 
 
-def test_a_packet_with_a_wrong_hmac_key_opens_nothing(ns, fwknopd, keys, tmp_path):
-    other = subprocess.run(["fwknop", "--no-rc-file", "--key-gen"], check=True, capture_output=True, text=True,
-                           env={**os.environ, "HOME": str(tmp_path)}).stdout
-    wrong_hmac = dict(line.split(":", 1) for line in other.splitlines() if ":" in line)["HMAC_KEY_BASE64"].strip()
+def test_a_packet_with_a_wrong_hmac_key_opens_nothing(ns, fwknopd, keys):
+    wrong_hmac = generate_key(64)
     ns.call(send_spa, "127.0.0.1", keys[0], wrong_hmac, [(22, "tcp")])
     wait_until(lambda: "HMAC" in fwknopd.read_text().split("main event loop", 1)[1], "fwknopd did not judge it",
                timeout=10)
