@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from children import finished
+from children import finished, wait_until
 from guard_lab import rendered, sshd_in
 from netns import checked_namespaces, linked
 from orchestrator.security import render
@@ -207,6 +207,29 @@ def site_config(tmp: Path, lab: Lab, server) -> Path:
     return path
 
 
+def inv(lab: Lab, tmp_path: Path, site: Path, *words: str, name: str):
+    argv = lab.client.argv(str(REPO / ".venv/bin/inv"), "-f", str(site), *words)
+    return finished(argv, what=f"inv {' '.join(words)}", out_dir=tmp_path / name, cwd=REPO,
+                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+
+
+def test_inv_knock_opens_and_inv_knock_close_closes(lab, tmp_path):
+    lab.guard("iptables").listen(22)
+    lab.apply()
+    lab.start_knockd()
+    server = type("S", (), {"host": lab.link.b4, "port": 22, "user": "root", "key_filename": None,
+                            "known_hosts": None})
+    site = site_config(tmp_path, lab, server)
+    done = inv(lab, tmp_path, site, "knock", "web1", name="open")
+    assert done.returncode == 0, done.stderr
+    lab.client.call(wait_open, lab.link.b4, 22)
+    done = inv(lab, tmp_path, site, "knock", "web1", "--close", name="close")
+    assert done.returncode == 0 and "sent the close sequence (3 knocks, image web)" in done.stdout, done.stderr
+    wait_until(lambda: "-A guard-knock" not in lab.server.iptables("-S", "guard-knock"), "close left the rule",
+               timeout=10)
+    assert lab.probe(lab.link.b4, 22) == "dropped"
+
+
 def test_inv_ssh_knocks_through_the_rules_and_runs_the_command(lab, tmp_path):
     lab.guard("iptables")
     lab.apply()
@@ -214,10 +237,7 @@ def test_inv_ssh_knocks_through_the_rules_and_runs_the_command(lab, tmp_path):
     server = sshd_in(lab.server, tmp_path / "sshd", lab.link.b4)
     site = site_config(tmp_path, lab, server)
     assert lab.probe(lab.link.b4, 22) == "dropped"
-    argv = lab.client.argv(str(REPO / ".venv/bin/inv"), "-f", str(site), "ssh", "web1", "--", "echo", "through",
-                           "the", "guard")
-    done = finished(argv, what="inv ssh", out_dir=tmp_path / "inv", cwd=REPO,
-                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    done = inv(lab, tmp_path, site, "ssh", "web1", "--", "echo", "through", "the", "guard", name="ssh")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "through the guard\n"
     assert "sent the open sequence (3 knocks, image web)" in done.stderr

@@ -8,6 +8,7 @@ payload off the wire as our client sends it, and the very same bytes are sent ag
 
 from __future__ import annotations
 
+import io
 import socket
 import stat
 import struct
@@ -20,6 +21,8 @@ from children import wait_until
 from guard_lab import rendered
 from netns import Netns, checked_namespaces
 from orchestrator.errors import OrchestratorError
+from orchestrator.job import execute
+from orchestrator.security.access import knock_job
 from orchestrator.security import knock
 from orchestrator.security import render
 from orchestrator.security.knock import SPA_PORT, send_spa
@@ -141,3 +144,22 @@ def test_a_failing_fwknop_is_one_line_without_the_keys(tmp_path, monkeypatch, ke
     with pytest.raises(OrchestratorError) as caught:
         send_spa("127.0.0.1", *keys, [(22, "tcp")])
     assert str(caught.value) == "fwknop: sending the SPA packet to 127.0.0.1 failed (exit 3)"
+
+
+def test_inv_knock_on_an_fwknop_image_sends_one_spa_packet_that_opens(ns, fwknopd, guard, tmp_path):
+    cfg = {
+        "orchestrator": {"state_dir": str(tmp_path / "state"), "progress": "plain"},
+        "fleet": {"hosts": [{"name": "web1", "host": "127.0.0.1"}]},
+        "guard": {"secrets_file": str(guard.secrets_file),
+                  "images": [{"name": "web", "hosts": ["web1"], "guard": "fwknop", "interface": "lo"}]},
+        "run": {"dry": False},
+    }
+    out = io.StringIO()
+    code = ns.call(execute, cfg, "knock", knock_job("web1", False), locked=False, out=out)
+    assert code == 0 and "web1: sent one SPA packet (image web)" in out.getvalue(), out.getvalue()
+    wait_until(lambda: len(spa_rules(ns)) == 1, lambda: f"no SPA rule: {fwknopd.read_text()[-800:]}", timeout=10)
+    assert keys_absent(guard, out.getvalue() + "".join(p.read_text() for p in (tmp_path / "state").rglob("*.json")))
+
+
+def keys_absent(guard, text: str) -> bool:
+    return guard.secrets.spa_key.reveal() not in text and guard.secrets.hmac_key.reveal() not in text
