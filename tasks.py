@@ -14,6 +14,7 @@ from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
 from orchestrator.security import access
+from orchestrator.security import jobs as guard_jobs
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
 # (a syntax error is "file:line: problem" and exit 2, not a traceback).
@@ -219,6 +220,21 @@ def ssh(c, host, forward_agent=False, allow_ip=None):
         access.exec_ssh(box["argv"])
 
 
+@task(name="render", help={"image": "render only this image (a name from guard.images; default: every image)",
+                           "dry": "render and validate, write nothing (not even new secrets)"})
+def guard_render(c, image=None, dry=False):
+    """Render each image's knockd/fwknop, firewall and fail2ban files, validate them, write guard.output_dir/<image>/.
+
+    Validation runs the daemons' own checks on scratch copies and applies the firewall in a throwaway
+    network namespace, never this machine's. Exit 2: a bad setting or a file a daemon refused.
+    """
+    c.config.run.dry = dry or c.config.run.dry
+    run_task(c, "guard-render", lambda run: guard_jobs.render_images(run, image))
+
+
+guard = Collection("guard")
+guard.add_task(guard_render)
+
 fleet = Collection("fleet")
 fleet.add_task(fleet_check)
 
@@ -226,5 +242,5 @@ catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
 ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
-                bootcfg, ami, fleet, knock, ssh)
+                bootcfg, ami, fleet, guard, knock, ssh)
 ns.configure(config.defaults())
