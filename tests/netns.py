@@ -64,20 +64,24 @@ class Netns:
     def argv(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
+    def daemon_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` inside, as PID 1 of a PID namespace of its own (``unshare --pid --fork --kill-child``).
+
+        Seen here: knockd's cmd_timeout children call setsid(), so they leave its process group and
+        outlived a SIGKILL of it (sleeping out a 600 s cmd_timeout). When PID 1 of a PID namespace dies,
+        the kernel kills every process in it; and ``--kill-child`` kills that PID 1 when ``unshare``
+        (our process group's leader) dies. So stopping the group stops them all."""
+        return self.argv("unshare", "--pid", "--fork", "--kill-child", "--", *argv)
+
     def run(self, *argv: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """A short command inside; its own process group, so a hang kills only it."""
         return subprocess.run(self.argv(*argv), check=check, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, start_new_session=True)
 
     def running(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        """A daemon inside (``daemons.running``: own process group, ready by an event), stopped when the
-        namespace goes, or earlier when the caller leaves ``stop_early``'s block."""
-        return self._stack.enter_context(running(self.argv(*argv), **kwargs))
-
-    @contextmanager
-    def daemon(self, argv: list[str], **kwargs) -> Iterator[subprocess.Popen]:
-        with running(self.argv(*argv), **kwargs) as proc:
-            yield proc
+        """A daemon inside (``daemons.running``: own process group, ready by an event; its own PID
+        namespace), stopped before the namespace is deleted."""
+        return self._stack.enter_context(running(self.daemon_argv(argv), **kwargs))
 
     def call(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` in a thread inside this namespace; its result, or its exception raised here."""

@@ -21,7 +21,7 @@ sys.path.insert(0, {tests!r})
 from netns import checked_namespaces
 with checked_namespaces() as new:
     ns = new()
-    proc = ns.running(["sleep", "1000"], what="sleep", ready=lambda: True)
+    proc = ns.running(["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait $!"], what="sh", ready=lambda: True)
     print(ns.name, proc.pid, flush=True)
     time.sleep(1000)
 """
@@ -81,6 +81,35 @@ def test_after_kill_9_the_daemon_dies_with_its_parent_and_the_next_run_sweeps_th
     assert name in listed()  # nothing could run after kill -9
     assert name in sweep_dead()
     assert name not in listed()
+
+
+def test_a_daemon_child_that_left_the_process_group_dies_with_the_daemon(tmp_path):
+    """As knockd's cmd_timeout children do (setsid): the PID namespace takes them down too. (The daemon
+    traps SIGTERM: PID 1 of a PID namespace ignores signals it has no handler for, as real daemons do not.)"""
+    pidfile = tmp_path / "escaped"
+    with checked_namespaces() as new:
+        ns = new()
+        script = f"trap 'exit 0' TERM; setsid sleep 1000 & echo $! > {pidfile}; sleep 1000 & wait $!"
+        ns.running(["sh", "-c", script], what="sh",
+                   ready=lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        inner = int(pidfile.read_text())  # its pid inside the PID namespace: find it outside by its parent ns
+        escaped = [pid for pid in _sleepers_in(ns) if pid != inner]
+        assert escaped, "the setsid'd child is not running"
+    for pid in escaped:
+        wait_gone(pid, "the child that left the daemon's process group")
+
+
+def _sleepers_in(ns: Netns) -> list[int]:
+    """Pids (as seen here) of processes in ``ns``'s network namespace."""
+    want = os.stat(f"/run/netns/{ns.name}").st_ino
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.stat(entry / "ns" / "net").st_ino == want:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_an_exception_in_a_call_reaches_the_caller(new):
