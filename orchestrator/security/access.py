@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import HostConfig
+from ..config.guard import GuardImage
 from ..errors import ConfigError, OrchestratorError
 from ..fleet import select_hosts
 from ..job import JobRun
@@ -41,7 +42,7 @@ class Way:
     """How to reach one host: its fleet entry and the guard image it belongs to (None: no guard image)."""
 
     host: HostConfig
-    image: object | None
+    image: GuardImage | None
 
 
 def find_way(run: JobRun, name: str) -> Way:
