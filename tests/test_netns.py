@@ -15,13 +15,17 @@ import pytest
 from children import wait_gone
 from netns import Netns, checked_namespaces, linked, listed, sweep_dead
 
+# Ready when the shell itself runs (it writes the marker): only then has setpriv set the parent-death
+# signal; a kill before that (seen under load with ready=lambda: True) would leave the daemon behind.
 CHILD = """
-import sys, time
+import os, sys, tempfile, time
 sys.path.insert(0, {tests!r})
 from netns import checked_namespaces
+marker = os.path.join(tempfile.mkdtemp(), "up")
 with checked_namespaces() as new:
     ns = new()
-    proc = ns.running(["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait $!"], what="sh", ready=lambda: True)
+    script = "trap 'exit 0' TERM; echo up > " + marker + "; sleep 1000 & wait $!"
+    proc = ns.running(["sh", "-c", script], what="sh", ready=lambda: os.path.exists(marker))
     print(ns.name, proc.pid, flush=True)
     time.sleep(1000)
 """
