@@ -1,15 +1,19 @@
 """invoke entry point: ``inv --list`` shows the verbs; the logic lives in ``orchestrator``."""
 
+import sys
+
 from invoke import Collection, task
+from invoke.exceptions import Exit
 
 from orchestrator import config
 from orchestrator.backup import jobs as backup_jobs
 from orchestrator.binhost import jobs as binhost_jobs
 from orchestrator.fleet import check as fleet_check_job
-from orchestrator.job import run_task
+from orchestrator.job import execute, run_task
 from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
+from orchestrator.security import access
 from orchestrator.security import jobs as guard_jobs
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
@@ -189,6 +193,33 @@ def fleet_check(c, hosts="", host=None):
     run_task(c, "fleet-check", lambda run: fleet_check_job.check(run, words), locked=False)
 
 
+ALLOW_IP = "fwknop: the address to let in (default: this box's source address towards the host; behind NAT, the public one)"
+
+
+@task(name="knock", auto_shortflags=False, help={"host": "one host from fleet.hosts", "close": "send the close sequence instead (knockd)",
+                          "allow_ip": ALLOW_IP})
+def knock(c, host, close=False, allow_ip=None):
+    """Open the host's guard for this box: its image's knock sequence (knockd) or one SPA packet (fwknop)."""
+    run_task(c, "knock", access.knock_job(host, close, allow_ip), locked=False)
+
+
+@task(name="ssh", auto_shortflags=False, help={"host": "one host from fleet.hosts", "forward_agent": "forward your ssh-agent (off by default)",
+                        "allow_ip": ALLOW_IP})
+def ssh(c, host, forward_agent=False, allow_ip=None):
+    """Knock, wait for sshd's banner, then run the system ssh: `inv ssh web1` or `inv ssh web1 -- uptime`.
+
+    Our lines go to stderr, so stdout is the remote command's alone; the exit code is ssh's.
+    """
+    box: dict = {}
+    command = access.remote_command(sys.argv)
+    code = execute(c.config, "ssh", lambda run: access.prepare_ssh(run, host, command, forward_agent, box, allow_ip),
+                   locked=False, out=sys.stderr, err=sys.stderr)
+    if code:
+        raise Exit(code=code)
+    if box.get("argv"):
+        access.exec_ssh(box["argv"])
+
+
 @task(name="render", help={"image": "render only this image (a name from guard.images; default: every image)",
                            "dry": "render and validate, write nothing (not even new secrets)"})
 def guard_render(c, image=None, dry=False):
@@ -211,5 +242,5 @@ catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
 ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
-                bootcfg, ami, fleet, guard)
+                bootcfg, ami, fleet, guard, knock, ssh)
 ns.configure(config.defaults())
