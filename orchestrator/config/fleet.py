@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 from ..errors import ConfigError
-from .validator import Between, Port
+from .validator import Between, Port, check_unique_names
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a host name names log files and report keys
 INSTANCE_ID_RE = re.compile(r"i-[0-9a-f]{8,17}")
@@ -56,15 +56,11 @@ class FleetConfig:
     command_timeout: Annotated[int, Between(1)] = 3600  # default seconds for one remote command
 
     def check(self, key: str) -> None:
-        seen: dict[str, int] = {}
-        for i, host in enumerate(self.hosts):
-            if host.name in seen:
-                raise ConfigError(f"{key}.hosts[{i}].name: {host.name!r} is used twice "
-                                  f"(also {key}.hosts[{seen[host.name]}])")
-            seen[host.name] = i
+        check_unique_names(self.names, f"{key}.hosts")
+        names = set(self.names)
         for i, host in enumerate(self.hosts):
             for j, group in enumerate(host.groups):
-                if group in seen:
+                if group in names:
                     raise ConfigError(f"{key}.hosts[{i}].groups[{j}]: {group!r} is also a host's name")
 
     def host(self, name: str) -> HostConfig | None:

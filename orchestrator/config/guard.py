@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
 from ..errors import ConfigError
-from .validator import Between, Cidr, Port
+from .validator import Between, Cidr, Port, check_unique_names
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HOST_WORD = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -247,12 +247,7 @@ class GuardConfig:
     output_dir: Path | None = None  # default: <orchestrator.state_dir>/guard/rendered; one tree per image
 
     def check(self, key: str) -> None:
-        seen: dict[str, int] = {}
-        for i, image in enumerate(self.images):
-            if image.name in seen:
-                raise ConfigError(f"{key}.images[{i}].name: {image.name!r} is used twice "
-                                  f"(also {key}.images[{seen[image.name]}])")
-            seen[image.name] = i
+        check_unique_names((image.name for image in self.images), f"{key}.images")
 
     def check_hosts(self, names: list[str], groups: list[str]) -> None:
         """Every ``hosts`` word names a ``fleet.hosts`` entry or an ``@group`` of them."""

@@ -99,6 +99,15 @@ class TcpPort:
 Port = Annotated[int, TcpPort()]
 
 
+def check_unique_names(names: Iterable[str], key: str) -> None:
+    """Each name once in the list at ``key`` (``fleet.hosts``, ``guard.images``); a second use names both."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ConfigError(f"{key}[{i}].name: {name!r} is used twice (also {key}[{seen[name]}])")
+        seen[name] = i
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
