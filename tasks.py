@@ -14,6 +14,7 @@ from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
 from orchestrator.security import access
+from orchestrator.security import harden as guard_harden
 from orchestrator.security import jobs as guard_jobs
 
 # invoke reads invoke.yaml, the -f file and INVOKE_* after importing this file: read them strictly
@@ -232,6 +233,20 @@ def guard_render(c, image=None, dry=False):
     run_task(c, "guard-render", lambda run: guard_jobs.render_images(run, image))
 
 
+@task(iterable=["host"], auto_shortflags=False, help={
+    "hosts": "hosts to harden, comma-separated: names from fleet.hosts, @group or @all",
+    "host": "a host name or @group (repeatable), as an alternative to --hosts",
+    "image": "every host of this guard.images entry instead",
+    "dry": "render, validate and show each host's diffs and the dead-man steps; change nothing",
+})
+def harden(c, hosts="", host=None, image=None, dry=False):
+    """Give hosts their image's guard (knockd/fwknopd, fail2ban, default-drop firewall), kept only once a new
+    SSH connection got in through it; otherwise each host puts its old rules and files back by itself."""
+    c.config.run.dry = dry or c.config.run.dry
+    words = hosts.replace(",", " ").split() + list(host or [])
+    run_task(c, "harden", lambda run: guard_harden.harden(run, words, image))
+
+
 guard = Collection("guard")
 guard.add_task(guard_render)
 
@@ -242,5 +257,5 @@ catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
 ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
-                bootcfg, ami, fleet, guard, knock, ssh)
+                bootcfg, ami, fleet, guard, knock, ssh, harden)
 ns.configure(config.defaults())

@@ -61,6 +61,11 @@ GUARD_POINTS = (
     "deadman-confirmed",  # a new connection cancelled the revert (decision "confirmed"), not yet reported
 )
 
+HARDEN_POINTS = (
+    "deadman-prepared",  # inv harden: new daemon configs in place and restarted under the armed revert, no new rules
+    "harden-kept",       # the new rules are confirmed over a new connection, not yet saved for boot
+)
+
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
 

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,11 @@ class NetnsHost:
     ip: str  # the namespace's side of the veth pair
     server: SshServer
 
+    @property
+    def interface(self) -> str:
+        """The namespace's end of the veth pair (what a daemon inside listens on)."""
+        return "geon" + self.name[len("geo-"):]
+
     def ns(self, *argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the namespace (its firewall tools see only its rules)."""
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], input=input, text=True,
@@ -39,8 +44,9 @@ def ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def netns_host(tmp: Path) -> Iterator[NetnsHost]:
-    """A namespace ``geo-<random>`` with ``lo`` up, a veth pair (10.251.x.y/30) and an sshd on its side."""
+def netns_host(tmp: Path, wrap: Sequence[str] = ()) -> Iterator[NetnsHost]:
+    """A namespace ``geo-<random>`` with ``lo`` up, a veth pair (10.251.x.y/30) and an sshd on its side
+    (started through ``wrap``, a command prefix run inside the namespace, when given)."""
     suffix = uuid.uuid4().hex[:8]
     name, host_if, ns_if = f"geo-{suffix}", f"geoh{suffix}", f"geon{suffix}"
     net = int(suffix[:4], 16) % 16384 * 4  # a /30 inside 10.251.0.0/16
@@ -53,7 +59,7 @@ def netns_host(tmp: Path) -> Iterator[NetnsHost]:
         ip("-n", name, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
         ip("-n", name, "link", "set", ns_if, "up")
         ip("-n", name, "link", "set", "lo", "up")
-        with running_sshd(tmp / "sshd", listen=ns_ip, port=SSH_PORT, prefix=["ip", "netns", "exec", name]) as srv:
+        with running_sshd(tmp / "sshd", listen=ns_ip, port=SSH_PORT, prefix=["ip", "netns", "exec", name, *wrap]) as srv:
             yield NetnsHost(name, ns_ip, srv)
     finally:
         _remove(name, host_if)

@@ -23,6 +23,7 @@ KNOCK = re.compile(r"([0-9]{1,5})(?::(tcp|udp))?")
 TCPFLAG = re.compile(r"!?(fin|syn|rst|psh|ack|urg)")
 DURATION = re.compile(r"(?:[0-9]+(?:s|m|h|d|w|mo|y)?)+")  # fail2ban's abbreviations: 3600, 1h, 1h30m, 1w
 EMAIL = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")  # no % (fail2ban interpolates it)
+HOST_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
 LOGPATH = re.compile(r"/[A-Za-z0-9._/*+-]*")  # no spaces, %, [ or newlines: one path (or glob) on a line
 INJECTING = re.compile(r"[\x00-\x1f\x7f\[\]]")
 
@@ -120,6 +121,38 @@ class FirewallConfig:
     backend: Literal["iptables", "nftables"] = "iptables"
     ipv6: bool = True  # serve the image's ports over IPv6 too (False: IPv6 gets loopback and replies only)
     allow_ping: bool = True
+    confirm_window: Annotated[int, Between(5, 3600)] = 60  # inv harden: seconds until the host reverts by itself
+
+
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._-]{0,63}")
+MANAGER_SERVICES = {  # what Gentoo's packages install, per init system
+    "openrc": {"knockd": "knock", "fwknopd": "fwknopd", "fail2ban": "fail2ban",
+               "iptables": "iptables", "ip6tables": "ip6tables", "nft": "nftables"},
+    "systemd": {"knockd": "knockd", "fwknopd": "fwknopd", "fail2ban": "fail2ban",
+                "iptables": "iptables-restore", "ip6tables": "ip6tables-restore", "nft": "nftables-restore"},
+}
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Key ``guard.images[].services``: how ``inv harden`` restarts the guard's daemons and has the firewall
+    loaded at boot. ``manager: auto`` asks the host (systemd when ``/run/systemd/system`` exists, else OpenRC's
+    ``rc-service``); a name left empty is the one Gentoo's package installs (``MANAGER_SERVICES``)."""
+
+    manager: Literal["auto", "openrc", "systemd"] = "auto"
+    knockd: str = ""
+    fwknopd: str = ""
+    fail2ban: str = ""
+
+    def check(self, key: str) -> None:
+        for name in ("knockd", "fwknopd", "fail2ban"):
+            value = getattr(self, name)
+            if value and not SERVICE_NAME.fullmatch(value):
+                raise ConfigError(f"{key}.{name}: {_shown(value)} is not a service name (letters, digits, @ . _ -)")
+
+    def name(self, manager: str, daemon: str) -> str:
+        """The service that runs ``daemon`` (knockd, fwknopd, fail2ban, iptables, ip6tables, nft) under ``manager``."""
+        return getattr(self, daemon, "") or MANAGER_SERVICES[manager][daemon]
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,7 @@ class GuardImage:
     knock: KnockConfig = field(default_factory=KnockConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     fail2ban: Fail2banConfig = field(default_factory=Fail2banConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
 
     def check(self, key: str) -> None:
         plain_text(self.name, f"{key}.name")
@@ -245,9 +279,13 @@ class GuardConfig:
     images: list[GuardImage] = field(default_factory=list)
     secrets_file: Path | None = None  # default: <orchestrator.state_dir>/guard/secrets.json
     output_dir: Path | None = None  # default: <orchestrator.state_dir>/guard/rendered; one tree per image
+    host_state_dir: str = "/var/lib/gentoo-ec2-orchestrator/guard"  # on each host: the dead-man switch's jobs
 
     def check(self, key: str) -> None:
         check_unique_names((image.name for image in self.images), f"{key}.images")
+        if not HOST_PATH.fullmatch(self.host_state_dir) or "/../" in self.host_state_dir + "/":
+            raise ConfigError(f"{key}.host_state_dir: {_shown(self.host_state_dir)} is not an absolute path "
+                              "(letters, digits, . _ - /)")
 
     def check_hosts(self, names: list[str], groups: list[str]) -> None:
         """Every ``hosts`` word names a ``fleet.hosts`` entry or an ``@group`` of them."""

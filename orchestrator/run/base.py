@@ -104,7 +104,7 @@ class Target(ABC):
         return None if data is None else data.decode("utf-8", errors="surrogateescape")
 
     def replace_file(self, path: str | os.PathLike, text: str, *, validate: Validator | None = None,
-                     keep_previous: bool = True, mode: int | None = None) -> bool:
+                     keep_previous: bool = True, mode: int | None = None, secret: bool = False) -> bool:
         """Make ``path`` hold ``text``; True when it changed (or, under ``--dry``, would change).
 
         Nothing happens when the file already holds ``text``. Otherwise
@@ -114,7 +114,9 @@ class Target(ABC):
         ``.<name>.previous`` (``keep_previous``), then the new text replaces it
         atomically with the old file's mode and owner; a new file gets ``mode``
         (0644), and missing directories are made. A symlink at ``path`` is
-        followed: the file it points at is replaced, the link stays.
+        followed: the file it points at is replaced, the link stays. A
+        ``secret`` file's diff is never printed, only that it would change,
+        and it gets ``mode`` even when the old file had a wider one.
         """
         path = self._resolve(checked_path(path, self.describe()))
         new = text.encode("utf-8", errors="surrogateescape")
@@ -123,6 +125,9 @@ class Target(ABC):
             return False
         self._validate(path, new, validate)
         if self.dry:
+            if secret:
+                self.echo(f"[dry-run] {self.describe()}: replace {path} (it holds secrets: no diff shown)")
+                return True
             self.echo(f"[dry-run] {self.describe()}: replace {path}")
             for line in diff_lines(path, old, new):
                 self.echo(line)
@@ -132,6 +137,8 @@ class Target(ABC):
             meta = FileMeta(DEFAULT_MODE if mode is None else mode, -1, -1)
         else:
             meta = self._meta(path)
+            if secret and mode is not None:  # a package's 0644 sample must not stay readable once it holds keys
+                meta = FileMeta(mode, meta.uid, meta.gid)
             if keep_previous:
                 self._put_atomically(previous_path(path), old, meta)
                 crash_point(PREVIOUS_KEPT)

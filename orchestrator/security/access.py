@@ -51,13 +51,18 @@ def find_way(run: JobRun, name: str) -> Way:
     hosts = select_hosts(fleet, [name])
     if len(hosts) != 1 or name.startswith("@"):
         raise ConfigError(f"HOST: {name!r} is a group; name one host from fleet.hosts")
-    host = hosts[0]
+    return Way(hosts[0], image_of(run, hosts[0]))
+
+
+def image_of(run: JobRun, host: HostConfig) -> GuardImage | None:
+    """The ``guard.images`` entry whose ``hosts`` name ``host`` (by name or ``@group``); None when none does."""
+    fleet = run.section("fleet")
     images = [image for image in run.section("guard").images if image.hosts and host.name in
               {h.name for h in select_hosts(fleet, image.hosts, option=f"guard.images[{image.name}].hosts")}]
     if len(images) > 1:
         raise ConfigError(f"guard.images: host {host.name!r} is in more than one image "
                           f"({', '.join(i.name for i in images)})")
-    return Way(host, images[0] if images else None)
+    return images[0] if images else None
 
 
 def knock(run: JobRun, way: Way, *, close: bool = False, allow_ip: str | None = None) -> str:

@@ -12,9 +12,12 @@ Steps on the host, each durable before the next (a ``kill -9`` of our process at
    Why not ``systemd-run --on-active=N``: Gentoo instances often run OpenRC, and one mechanism that
    works everywhere is one mechanism to test. (On systemd, logind kills a session's processes at
    logout only with ``KillUserProcesses=yes``, which exempts root by default.)
-3. **apply** the new rules (``new.<tool>`` in the job dir, loaded by ``iptables-restore``/``ip6tables-restore``
+3. **prepare** (optional, ``inv harden``): the caller's own changes while the revert is armed (new daemon
+   configs, restarted daemons); what undoes them (``Undo``: the old files, commands to run after) was saved
+   in step 1, and every way the old rules come back runs it too (``undo.sh`` after the restore);
+4. **apply** the new rules (``new.<tool>`` in the job dir, loaded by ``iptables-restore``/``ip6tables-restore``
    or ``nft -f`` in ONE command that refuses unless the revert is armed and undecided);
-4. **confirm** over a NEW connection (``reconnect()``: in ``inv harden`` it knocks first), and only
+5. **confirm** over a NEW connection (``reconnect()``: in ``inv harden`` it knocks first), and only
    over it: ``deadman.sh cancel`` decides "confirmed", ends the revert's process group (by its pid
    file, checking the pid's command line carries the job token) and says whether it is gone.
 
@@ -35,9 +38,10 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shlex
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -74,6 +78,29 @@ class DeadmanOutcome:
 
 
 @dataclass(frozen=True)
+class Undo:
+    """What puts a caller's ``prepare`` back: ``files`` maps a host path to its old text (None: it did not
+    exist, remove it); ``commands`` run after the files (each argv; a failure is logged, the next runs)."""
+
+    files: Mapping[str, str | None]
+    commands: Sequence[Sequence[str]] = ()
+
+    def script(self) -> str:
+        """``undo.sh``: ``sh undo.sh DIR`` with the old texts in ``DIR/undo/<n>``. A file is put back in place
+        (a copy keeping the new one's mode and owner, which were the old one's, then a rename)."""
+        lines = ["# inv harden's undo: deadman.sh runs it after restoring the old rules.", "set -u", 'dir=$1',
+                 "umask 077",
+                 'put() { cp -p -- "$2" "$2.undo" 2>/dev/null; cat -- "$1" > "$2.undo" && mv -f -- "$2.undo" "$2"; }']
+        for n, (path, old) in enumerate(self.files.items()):
+            quoted = shlex.quote(path)
+            lines.append(f'rm -f -- {quoted}' if old is None else f'put "$dir/undo/{n}" {quoted}')
+        for argv in self.commands:
+            command = shlex.join(argv)
+            lines.append(f"{command} || echo {shlex.quote('undo: ' + command)} exited $?")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
 class _Job:
     dir: str
     token: str
@@ -100,11 +127,13 @@ class _Job:
 
 
 def apply_with_deadman(run, target: Target, *, new_rules: Mapping[str, str], backend: str, window_s: int,
-                       reconnect: Callable[[], AbstractContextManager[Target]], state_dir: str) -> DeadmanOutcome:
+                       reconnect: Callable[[], AbstractContextManager[Target]], state_dir: str,
+                       prepare: Callable[[Target], None] | None = None, undo: Undo | None = None) -> DeadmanOutcome:
     """Apply ``new_rules`` on ``target`` so that only a new connection (``reconnect()``) can keep them.
 
     ``new_rules`` maps a tool to a whole rule file: ``iptables`` and/or ``ip6tables`` (restore format)
-    for the iptables backend, ``nft`` (a full ruleset, starting with ``flush ruleset``) for nftables.
+    for the iptables backend, ``nft`` (a whole file for ``nft -f``) for nftables. ``prepare(target)`` runs
+    once the revert is armed, before the rules are applied; ``undo`` is what the revert also puts back.
     """
     tools = _checked_rules(new_rules, backend, window_s)
     job = _Job.new(state_dir, window_s, tools)
@@ -112,10 +141,15 @@ def apply_with_deadman(run, target: Target, *, new_rules: Mapping[str, str], bac
         return _plan(target, job, tools)
     settle_leftovers(target, state_dir)
     saved = _save(target, job, new_rules, tools)
+    if undo is not None:
+        _save_undo(target, job, undo)
     crash_point("deadman-saved")
     pid, armed_at = _arm(target, job), time.monotonic()
     crash_point("deadman-armed")
-    failure = _apply(target, job)
+    failure = _prepare(target, prepare) if prepare is not None else None
+    if prepare is not None:
+        crash_point("deadman-prepared")
+    failure = failure or _apply(target, job)
     crash_point("deadman-applied")
     if failure is not None:
         return _abandon(target, job, saved, failure)
@@ -164,6 +198,22 @@ def _save(target: Target, job: _Job, new_rules: Mapping[str, str], tools: list[s
                             keep_previous=False, mode=0o600)
         target.replace_file(f"{job.dir}/new.{tool}", new_rules[tool], keep_previous=False, mode=0o600)
     return saved
+
+
+def _save_undo(target: Target, job: _Job, undo: Undo) -> None:
+    for n, old in enumerate(undo.files.values()):
+        if old is not None:
+            target.replace_file(f"{job.dir}/undo/{n}", old, keep_previous=False, mode=0o600)
+    target.replace_file(f"{job.dir}/undo.sh", undo.script(), keep_previous=False, mode=0o600)
+
+
+def _prepare(target: Target, prepare: Callable[[Target], None]) -> str | None:
+    """None when the caller's changes went in; else why not (the switch then restores and undoes at once)."""
+    try:
+        prepare(target)
+    except _FAILURES as exc:
+        return "prepare: " + " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return None
 
 
 def restore_text(tool: str, saved: str, new: str) -> str:
@@ -358,4 +408,4 @@ def _close(target: Target) -> None:
             pass
 
 
-__all__ = ["DeadmanOutcome", "apply_with_deadman", "normalised", "restore_text", "settle_leftovers"]
+__all__ = ["DeadmanOutcome", "Undo", "apply_with_deadman", "normalised", "restore_text", "settle_leftovers"]

@@ -23,7 +23,13 @@ load() {  # load every $1.* file of the job: restore.* (the rules saved before) 
     return "$rc"
 }
 
-restore() { load restore; }
+restore() {  # the saved rules; then the caller's undo (inv harden's old daemon configs), logged
+    load restore; rc=$?
+    if [ -e "$dir/undo.sh" ]; then
+        sh "$dir/undo.sh" "$dir" >> "$dir/undo.log" 2>&1 || echo "undo.sh exited $?" >> "$dir/undo.log"
+    fi
+    return "$rc"
+}
 
 ours() {  # $1 (a pid) is alive, not a zombie, and its command line carries the job token $2
     [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1

@@ -34,21 +34,25 @@ LOOPBACK_IGNORE = ["127.0.0.1/8", "::1"]
 KNOCKD_CONF = "/etc/knockd.conf"
 FWKNOPD_CONF = "/etc/fwknop/fwknopd.conf"
 ACCESS_CONF = "/etc/fwknop/access.conf"
-RULES_V4 = "/etc/iptables/rules-save"
-RULES_V6 = "/etc/ip6tables/rules-save"
-NFTABLES_CONF = "/etc/nftables.conf"
+# Where Gentoo's iptables, ip6tables and nftables services (OpenRC and systemd alike) load rules at boot.
+RULES_V4 = "/var/lib/iptables/rules-save"
+RULES_V6 = "/var/lib/ip6tables/rules-save"
+NFTABLES_CONF = "/var/lib/nftables/rules-save"
+FIREWALL_TOOLS = {RULES_V4: "iptables", RULES_V6: "ip6tables", NFTABLES_CONF: "nft"}  # the tool that loads each
 JAIL_LOCAL = "/etc/fail2ban/jail.local"
 DIGEST_CRON = "/etc/cron.daily/fail2ban-digest"
 
 
 class RenderedFile(NamedTuple):
-    """A file's whole text and its mode on the host. A file holding a secret is 0600 and its repr hides it."""
+    """A file's whole text and its mode on the host. Its repr hides the text; ``secret``: it holds a knock
+    sequence or a key (mode 0600, and no diff of it is ever shown)."""
 
     text: str
     mode: int
+    secret: bool = False
 
     def __repr__(self) -> str:
-        return f"RenderedFile(<{len(self.text)} chars>, mode={self.mode:04o})"
+        return f"RenderedFile(<{len(self.text)} chars>, mode={self.mode:04o}{', secret' if self.secret else ''})"
 
 
 def render_image(image_cfg: GuardImage, secrets: ImageSecrets, *,
@@ -101,10 +105,11 @@ def render_knockd(image: GuardImage, secrets: ImageSecrets, facts: Mapping[str, 
         "seq_timeout": knock.seq_timeout, "cmd_timeout": knock.cmd_timeout, "tcpflags": knock.tcpflags,
         **knock_commands(image, facts),
     }
-    files = {KNOCKD_CONF: RenderedFile(render("guard/knockd.conf.j2", values, settings=_settings(image)), 0o600)}
+    text = render("guard/knockd.conf.j2", values, settings=_settings(image))
+    files = {KNOCKD_CONF: RenderedFile(text, 0o600, secret=True)}  # the close sequence at least
     if knock.one_time:
         text = render("guard/one_time_sequences.j2", {"sequences": [knock_text(s) for s in secrets.one_time]})
-        files[facts["one_time_file"]] = RenderedFile(text, 0o600)
+        files[facts["one_time_file"]] = RenderedFile(text, 0o600, secret=True)
     return files
 
 
@@ -115,7 +120,7 @@ def render_fwknop(image: GuardImage, secrets: ImageSecrets) -> dict[str, Rendere
         **base, "spa_key": secrets.spa_key.reveal(), "hmac_key": secrets.hmac_key.reveal(),
         "access_timeout": image.knock.cmd_timeout, "ssh_port": image.ssh_port,
     })
-    return {FWKNOPD_CONF: RenderedFile(conf, 0o600), ACCESS_CONF: RenderedFile(access, 0o600)}
+    return {FWKNOPD_CONF: RenderedFile(conf, 0o600), ACCESS_CONF: RenderedFile(access, 0o600, secret=True)}
 
 
 def render_firewall(image: GuardImage) -> dict[str, RenderedFile]:

@@ -1,0 +1,403 @@
+"""``inv harden``: each host gets its image's guard, and keeps it only once a new connection got in through it.
+
+Per image, once, on this box: the secrets (a one-time list refilled), the files rendered and validated
+(``validate``: the daemons themselves, in throwaway namespaces). Then per host, in parallel:
+
+1. **facts**, one read-only round trip: the init system, the tools the image needs, its interface and
+   fail2ban's log file. A missing piece is one line and nothing changes on that host.
+2. **plan**: the daemons' files (knockd or fwknopd, fail2ban) against the host's. Under ``--dry`` the
+   diffs (a file holding a secret says only that it would change) and the dead-man switch's steps.
+3. **under the dead-man switch** (``deadman.apply_with_deadman``): with the revert armed, knockd's (or
+   fwknopd's) files go up (the previous kept as ``.<name>.previous``), the daemon restarts and must be
+   seen running, then the rules are loaded. Only a NEW connection through the knock (or SPA packet)
+   keeps them. If none can be made, the host puts the old rules AND the daemon's old files back by itself
+   (``Undo``), restarts it, and the run fails for that host.
+4. **kept**: only now the rules are saved where the firewall service loads them at boot, and the services
+   are enabled at boot (the seed's advice: don't save the rules until you know they work, so that a
+   reboot gets you back in). The one-time list the host has is recorded. Then fail2ban: its files go up
+   and it restarts (always: ``iptables-restore`` replaced the filter table, its chains with it), must
+   answer, and its status per jail is read back. fail2ban cannot lock the admin out, so it is not under
+   the switch; its failure still fails the host.
+
+Every run goes through the switch, even when nothing changed: the rules are loaded again and the way in is
+proven by a new connection. That also clears knockd's open windows (established sessions stay).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import HostConfig
+from ..config.guard import GuardImage
+from ..errors import ConfigError, OrchestratorError
+from ..faults import crash_point
+from ..fleet.hosts import connect, select_hosts
+from ..fleet.runner import run_on_hosts
+from ..job import JobRun
+from ..run import Target
+from . import access, render as r
+from .deadman import Undo, apply_with_deadman
+from .secrets import load_or_create, mark_one_time_deployed
+from .validate import validate_image
+
+FAIL2BAN_FILES = (r.JAIL_LOCAL, r.DIGEST_CRON)
+FAIL2BAN_UP_S = 30  # fail2ban-client answers "pong" once the server and its jails are up
+
+FACTS = r"""
+say() { printf '%s=%s\n' "$1" "$2"; }
+iface=$1 logpath=$2; shift 2
+if [ -d /run/systemd/system ]; then say manager systemd
+elif command -v rc-service >/dev/null 2>&1; then say manager openrc
+else say manager none; fi
+for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || say missing "$tool"; done
+[ -e "/sys/class/net/$iface" ] || say missing_interface "$iface"
+[ "$logpath" = - ] || ls -d $logpath >/dev/null 2>&1 || say missing_log "$logpath"
+"""
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image's rendered, validated files: the daemons' (uploaded under the switch) and the rules."""
+
+    image: GuardImage
+    key: str
+    files: Mapping[str, r.RenderedFile]
+
+    @property
+    def guard_files(self) -> dict[str, r.RenderedFile]:
+        """knockd's or fwknopd's files: what the switch undoes."""
+        return {path: f for path, f in self.files.items() if path not in r.FIREWALL_TOOLS and path not in FAIL2BAN_FILES}
+
+    @property
+    def fail2ban_files(self) -> dict[str, r.RenderedFile]:
+        return {path: f for path, f in self.files.items() if path in FAIL2BAN_FILES}
+
+    @property
+    def rule_files(self) -> dict[str, r.RenderedFile]:
+        return {path: f for path, f in self.files.items() if path in r.FIREWALL_TOOLS}
+
+    @property
+    def new_rules(self) -> dict[str, str]:
+        return {r.FIREWALL_TOOLS[path]: f.text for path, f in self.rule_files.items()}
+
+    @property
+    def guard_daemon(self) -> str | None:
+        return {"knockd": "knockd", "fwknop": "fwknopd", "none": None}[self.image.guard]
+
+
+@dataclass
+class Outcome:
+    host: str
+    image: str
+    status: str  # hardened | unchanged | reverted | failed | planned
+    message: str = ""
+    changed: list[str] = field(default_factory=list)
+    jails: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("hardened", "unchanged", "planned")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in ("", [], {})}
+
+
+@dataclass(frozen=True)
+class Services:
+    """The host's init system's commands for the image's daemons and firewall services."""
+
+    manager: str
+    image: GuardImage
+
+    def name(self, daemon: str) -> str:
+        return self.image.services.name(self.manager, daemon)
+
+    def restart(self, daemon: str) -> list[str]:
+        return self._argv(daemon, "restart")
+
+    def stop(self, daemon: str) -> list[str]:
+        return self._argv(daemon, "stop")
+
+    def status(self, daemon: str) -> list[str]:
+        if daemon == "fail2ban":
+            return ["fail2ban-client", "ping"]
+        if self.manager == "systemd":
+            return ["systemctl", "is-active", "--quiet", self.name(daemon)]
+        return self._argv(daemon, "status")
+
+    def enable(self, daemon: str) -> list[str]:
+        if self.manager == "systemd":
+            return ["systemctl", "enable", "--quiet", self.name(daemon)]
+        return ["rc-update", "add", self.name(daemon), "default"]
+
+    def _argv(self, daemon: str, action: str) -> list[str]:
+        if self.manager == "systemd":
+            return ["systemctl", action, self.name(daemon)]
+        return ["rc-service", self.name(daemon), action]
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+def harden(run: JobRun, words: list[str], image_name: str | None = None) -> dict[str, Outcome]:
+    """Harden the named hosts (or every host of ``--image``) at once; exit 0 only when every host is proven."""
+    hosts, images = _chosen(run, words, image_name)
+    plans = {name: plan_image(run, image) for name, image in images.items()}
+    outcomes: dict[str, Outcome] = {}
+
+    def job(host: HostConfig, target: Target) -> str:
+        plan = plans[_image_of(run, host).name]
+        outcomes[host.name] = harden_host(run, target, host, plan)
+        return outcomes[host.name].status
+
+    results = run_on_hosts(run, hosts, job, what="harden")
+    summarize(run, outcomes, results.failed)
+    return outcomes
+
+
+def _chosen(run: JobRun, words: list[str], image_name: str | None) -> tuple[list[HostConfig], dict[str, GuardImage]]:
+    guard, fleet = run.section("guard"), run.section("fleet")
+    if image_name and words:
+        raise ConfigError("--image and --hosts: choose hosts one way, not both")
+    if image_name:
+        image = guard.image(image_name)
+        if not image.hosts:
+            raise ConfigError(f"guard.images[{guard.index(image.name)}].hosts: image {image.name} has no hosts")
+        hosts = select_hosts(fleet, image.hosts, option=f"guard.images[{guard.index(image.name)}].hosts")
+    elif words:
+        hosts = select_hosts(fleet, words, option="--hosts")
+    else:
+        raise ConfigError("--hosts or --image: name the hosts to harden (names, @group, @all) or an image")
+    images = {}
+    for host in hosts:
+        if host.root != "/":
+            raise ConfigError(f"fleet.hosts[{fleet.names.index(host.name)}].root: harden changes the running "
+                              f"system of {host.name}; its root must be /, not {host.root}")
+        image = _image_of(run, host)
+        images[image.name] = image
+    return hosts, images
+
+
+def _image_of(run: JobRun, host: HostConfig) -> GuardImage:
+    image = access.image_of(run, host)
+    if image is None:
+        raise ConfigError(f"guard.images: host {host.name!r} is in no image's hosts; add it to one")
+    return image
+
+
+def plan_image(run: JobRun, image: GuardImage) -> ImagePlan:
+    """The image's secrets (saved, unless ``--dry``), files rendered and validated: once for all its hosts."""
+    key = f"guard.images[{run.section('guard').index(image.name)}]"
+    secrets = load_or_create(run, image)
+    for warning in secrets.warnings:
+        run.report.warnings.append(warning)
+    files = r.render_image(image, secrets)
+    passed = validate_image(image, secrets, files, key=key)
+    run.echo(f"image {image.name}: {len(files)} files validated ({', '.join(passed)})")
+    return ImagePlan(image, key, files)
+
+
+# --- one host ------------------------------------------------------------------------------
+
+
+def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) -> Outcome:
+    image, daemon = plan.image, plan.guard_daemon
+    services = Services(_manager(target, host, plan), image)
+    changed = _changed_files(target, plan.guard_files)
+    if run.dry:
+        return _dry_run(run, target, host, plan, changed)
+    running = daemon is not None and _is_running(target, services, daemon)
+    undo = Undo(changed, [services.restart(daemon) if running else services.stop(daemon)] if daemon else [])
+    outcome = apply_with_deadman(
+        run, target, new_rules=plan.new_rules, backend=image.firewall.backend,
+        window_s=image.firewall.confirm_window, state_dir=run.section("guard").host_state_dir,
+        reconnect=lambda: _through_the_guard(run, host, image),
+        prepare=lambda t: _prepare(t, plan, changed, services, running), undo=undo)
+    if not outcome.ok:
+        status = "reverted" if outcome.status == "reverted" else "failed"
+        return Outcome(host.name, image.name, status, outcome.message, sorted(changed))
+    crash_point("harden-kept")
+    touched = sorted(changed) + _save_for_boot(target, plan, services)
+    if image.guard == "knockd" and image.knock.one_time:
+        mark_one_time_deployed(run, image)
+    try:
+        touched += _restart_fail2ban(target, plan, services)
+        jails = fail2ban_status(target)
+    except OrchestratorError as exc:
+        return Outcome(host.name, image.name, "failed", f"the firewall is kept and saved, but fail2ban: {exc}",
+                       touched)
+    status = "hardened" if touched else "unchanged"
+    message = f"kept and saved for boot ({outcome.message}); fail2ban jails: {', '.join(jails) or 'none'}"
+    return Outcome(host.name, image.name, status, message, touched, jails)
+
+
+def _manager(target: Target, host: HostConfig, plan: ImagePlan) -> str:
+    """The init system (the setting, else the host's), after checking the host has what the image needs."""
+    image = plan.image
+    tools = _host_tools(image)
+    logpath = image.fail2ban.logpath if image.fail2ban.backend != "systemd" else "-"
+    out = target.run(["sh", "-c", FACTS, "sh", image.interface, logpath, *tools], mutates=False).stdout
+    facts: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        facts.setdefault(name, []).append(value)
+    problems = [f"{', '.join(facts['missing'])} not found"] if "missing" in facts else []
+    if "missing_interface" in facts:
+        problems.append(f"no interface {image.interface} (guard.images[].interface: knockd would hear no knock)")
+    if "missing_log" in facts:
+        problems.append(f"no {logpath} for fail2ban (fail2ban.logpath; or backend systemd)")
+    manager = image.services.manager if image.services.manager != "auto" else facts.get("manager", ["none"])[0]
+    if manager == "none":
+        problems.append("neither systemd nor OpenRC (rc-service) found (set guard.images[].services.manager)")
+    if problems:
+        raise OrchestratorError(f"{host.name}: cannot harden with image {image.name}: {'; '.join(problems)}")
+    return manager
+
+
+def _host_tools(image: GuardImage) -> list[str]:
+    tools = ["fail2ban-client"]
+    if image.firewall.backend == "nftables":
+        tools.append("nft")
+    else:
+        tools += ["iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save"]
+    if image.guard == "knockd":
+        tools.append("knockd")
+        tools += [r.DEFAULT_FACTS["nft"]] if image.firewall.backend == "nftables" else \
+            [r.DEFAULT_FACTS["iptables"], r.DEFAULT_FACTS["ip6tables"]]  # what knockd's commands name
+    elif image.guard == "fwknop":
+        tools.append("fwknopd")
+    return tools
+
+
+def _changed_files(target: Target, files: Mapping[str, r.RenderedFile]) -> dict[str, str | None]:
+    """The files whose text on the host differs from ours: path -> the host's text (None: absent)."""
+    changed = {}
+    for path, rendered in files.items():
+        old = target.read_file(path)
+        if old != rendered.text:
+            changed[path] = old
+    return changed
+
+
+def _dry_run(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan,
+             changed: Mapping[str, str | None]) -> Outcome:
+    for path, rendered in sorted(plan.files.items()):
+        target.replace_file(path, rendered.text, mode=rendered.mode, secret=rendered.secret)
+    apply_with_deadman(run, target, new_rules=plan.new_rules, backend=plan.image.firewall.backend,
+                       window_s=plan.image.firewall.confirm_window, reconnect=_no_reconnect,
+                       state_dir=run.section("guard").host_state_dir)
+    return Outcome(host.name, plan.image.name, "planned", "dry run: nothing changed", sorted(changed))
+
+
+@contextmanager
+def _no_reconnect() -> Iterator[Target]:
+    raise AssertionError("a dry run makes no connection")
+    yield  # pragma: no cover
+
+
+def _is_running(target: Target, services: Services, daemon: str) -> bool:
+    return target.run(services.status(daemon), check=False, mutates=False).ok
+
+
+def _prepare(target: Target, plan: ImagePlan, changed: Mapping[str, str | None], services: Services,
+             running: bool) -> None:
+    """Under the armed revert: knockd's (fwknopd's) new files; the daemon restarted when they changed or it
+    was down, and seen running."""
+    for path in changed:
+        rendered = plan.files[path]
+        target.replace_file(path, rendered.text, mode=rendered.mode, secret=rendered.secret)
+    daemon = plan.guard_daemon
+    if daemon is None:
+        return
+    if changed or not running:
+        target.run(services.restart(daemon))
+    _wait_running(target, services, daemon)
+
+
+def _restart_fail2ban(target: Target, plan: ImagePlan, services: Services) -> list[str]:
+    """fail2ban's files, then a restart (its chains went with the old filter table) until it answers."""
+    changed = [path for path, rendered in sorted(plan.fail2ban_files.items())
+               if target.replace_file(path, rendered.text, mode=rendered.mode)]
+    target.run(services.restart("fail2ban"))
+    _wait_running(target, services, "fail2ban")
+    target.run(services.enable("fail2ban"))
+    return changed
+
+
+def _wait_running(target: Target, services: Services, daemon: str) -> None:
+    deadline = time.monotonic() + (FAIL2BAN_UP_S if daemon == "fail2ban" else 5)
+    while not _is_running(target, services, daemon):
+        if time.monotonic() > deadline:
+            raise OrchestratorError(f"{target.describe()}: {services.name(daemon)} is not running after its restart")
+        time.sleep(0.2)
+
+
+@contextmanager
+def _through_the_guard(run: JobRun, host: HostConfig, image: GuardImage) -> Iterator[Target]:
+    """A new connection the way an admin gets in: knock (or one SPA packet), sshd's banner, then SSH."""
+    way = access.Way(host, image)
+    access.knock(run, way)
+    access.wait_for_banner(host.host, host.port, timeout=min(access.BANNER_TIMEOUT_S, image.firewall.confirm_window))
+    with connect(run, host) as fresh:
+        yield fresh
+
+
+def _save_for_boot(target: Target, plan: ImagePlan, services: Services) -> list[str]:
+    """The kept rules where the firewall service loads them at boot; that service and the daemons enabled."""
+    saved = [path for path, rendered in sorted(plan.rule_files.items())
+             if target.replace_file(path, rendered.text, mode=rendered.mode)]
+    for path in plan.rule_files:
+        target.run(services.enable(r.FIREWALL_TOOLS[path]))
+    if plan.guard_daemon:
+        target.run(services.enable(plan.guard_daemon))
+    return saved
+
+
+def fail2ban_status(target: Target) -> dict[str, dict[str, int]]:
+    """Per jail: currently/total failed and banned, as ``fail2ban-client status JAIL`` says."""
+    listing = target.run(["fail2ban-client", "status"], mutates=False).stdout
+    names = [name.strip() for line in listing.splitlines() if "Jail list:" in line
+             for name in line.split(":", 1)[1].split(",") if name.strip()]
+    jails = {}
+    for name in names:
+        text = target.run(["fail2ban-client", "status", name], mutates=False).stdout
+        jails[name] = {_counter(label): int(value) for label, value in _counts(text)}
+    return jails
+
+
+def _counts(text: str) -> Iterator[tuple[str, str]]:
+    for line in text.splitlines():
+        label, _, value = line.partition(":")
+        label = label.strip(" |`-\t")
+        if label.startswith(("Currently", "Total")) and value.strip().isdigit():
+            yield label, value.strip()
+
+
+def _counter(label: str) -> str:
+    return label.lower().replace(" ", "_")
+
+
+def summarize(run: JobRun, outcomes: Mapping[str, Outcome], failures: Mapping[str, str]) -> None:
+    """One line per host, the report, and the exit: 0 only when every host is proven (or, dry, planned)."""
+    hosts = run.report.summary["hosts"] = {name: o.as_dict() for name, o in outcomes.items()}
+    for name, reason in failures.items():
+        hosts[name] = {"host": name, "status": "failed", "message": reason}
+    for name, o in outcomes.items():
+        line = f"{name}: {o.status} (image {o.image}): {o.message}"
+        run.echo(line) if o.ok else run.progress.warn(line)
+    failed = sorted([n for n, o in outcomes.items() if o.status == "failed"] + list(failures))
+    reverted = sorted(n for n, o in outcomes.items() if o.status == "reverted")
+    for status in ("hardened", "unchanged", "planned"):
+        run.report.summary[status] = sum(o.status == status for o in outcomes.values())
+    run.report.summary["reverted"], run.report.summary["failed"] = len(reverted), len(failed)
+    parts = ([f"failed on {', '.join(failed)}"] if failed else []) + \
+        ([f"reverted on {', '.join(reverted)} (the old rules and files are back, proven)"] if reverted else [])
+    if parts:
+        raise OrchestratorError(f"harden: {'; '.join(parts)}")
+
+
+__all__ = ["ImagePlan", "Outcome", "Services", "fail2ban_status", "harden", "harden_host", "plan_image"]
