@@ -79,3 +79,106 @@ def test_a_knockd_image_is_kept_after_a_new_connection_through_the_knock(tmp_pat
         "knock", "fail2ban", "iptables", "ip6tables"}
     close_the_knock(cfg, "web1", lab)
     assert new_connection_refused(lab)
+
+
+def secrets_in(tmp: Path, image_name: str) -> list[str]:
+    """Every secret of the image as it could leak: each sequence as knockd writes it, each key."""
+    store = json.loads((tmp / "secrets.json").read_text())["images"][image_name]
+    words = [store["spa_key"], store["hmac_key"]]
+    for seq in [store["open"], store["close"], *store.get("one_time", [])]:
+        words.append(",".join(seq))
+    return words
+
+
+def leaked(tmp: Path, image_name: str, *texts: str) -> list[str]:
+    everything = "".join(texts) + "".join(p.read_text() for p in (tmp / "state").rglob("*.json"))
+    return [word for word in secrets_in(tmp, image_name) if word in everything]
+
+
+def test_a_second_run_changes_nothing_but_proves_the_way_in_again(tmp_path, lab):
+    cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"])])
+    assert run_harden(cfg, ["web1"])[0] == 0
+    saved = lab.path(r.RULES_V4).read_text()
+    code, output, report = run_harden(cfg, ["web1"])
+    assert code == 0, output
+    host = report["summary"]["hosts"]["web1"]
+    assert host["status"] == "unchanged" and "changed" not in host and "confirmed over a new connection" in output
+    assert lab.path(r.RULES_V4).read_text() == saved and report["summary"]["unchanged"] == 1
+    assert not leaked(tmp_path, "web", output)
+
+
+def test_a_rule_set_that_shuts_the_admin_out_is_undone_by_the_host_and_a_good_host_is_kept(tmp_path):
+    """Two hosts at once: web1 (nftables, one-time knocks) is kept; web2's image protects a port its sshd does
+    not listen on, so no new connection gets in: web2 puts back its old rules AND knockd's old files by itself."""
+    with lab_host(tmp_path / "a") as good, lab_host(tmp_path / "b") as bad:
+        bad.net.ns("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
+        before = {tool: bad.net.ns(f"{tool}-save").stdout for tool in ("iptables", "ip6tables")}
+        images = [good.image("web", ["web1"], knock={"one_time": True, "one_time_count": 8},
+                             firewall={"backend": "nftables", "confirm_window": 8}),
+                  {**bad.image("shut", ["web2"]), "ssh_port": 2200}]
+        cfg = config(tmp_path, {"web1": good, "web2": bad}, images)
+        code, output, report = run_harden(cfg, ["web1", "web2"])
+        hosts = report["summary"]["hosts"]
+        assert code == 1 and "harden: reverted on web2 (the old rules and files are back, proven)" in output
+        assert hosts["web1"]["status"] == "hardened" and hosts["web2"]["status"] == "reverted"
+        assert "the host restored the old rules" in hosts["web2"]["message"]
+        for tool, text in before.items():
+            assert normalised(tool, bad.net.ns(f"{tool}-save").stdout) == normalised(tool, text)
+        assert bad.path(r.KNOCKD_CONF).read_text() == Path(r.KNOCKD_CONF).read_text()  # the package's, back
+        assert not bad.path(r.RULES_V4).exists() and not bad.path("/run/lab-knock.pid").exists()
+        assert "table inet guard" in good.net.ns("nft", "list", "ruleset").stdout
+        assert good.path("/etc/runlevels/default/nftables").is_symlink()
+        store = json.loads((tmp_path / "secrets.json").read_text())["images"]["web"]
+        on_host = good.path("/etc/knockd/one_time_sequences").read_text().splitlines()
+        assert "one_time_on_host" not in store and len(store["one_time"]) == 7  # one used by the new connection
+        assert [line for line in on_host if not line.startswith("#")][-7:] == [",".join(s) for s in store["one_time"]]
+        assert not leaked(tmp_path, "web", output) and not leaked(tmp_path, "shut", output)
+
+
+def test_an_fwknop_image_is_kept_after_one_spa_packet(tmp_path, lab):
+    cfg = config(tmp_path, {"web1": lab}, [lab.image("spa", ["web1"], guard="fwknop")])
+    code, output, report = run_harden(cfg, ["web1"])
+    assert code == 0, output
+    assert report["summary"]["hosts"]["web1"]["status"] == "hardened"
+    assert "-A INPUT -j FWKNOP_INPUT" in lab.net.ns("iptables-save").stdout
+    assert lab.path(r.ACCESS_CONF).stat().st_mode & 0o777 == 0o600
+    assert lab.path("/etc/runlevels/default/fwknopd").is_symlink()
+    assert not leaked(tmp_path, "spa", output)
+
+
+def test_dry_run_shows_the_diffs_but_never_a_secret_and_changes_nothing(tmp_path, lab):
+    cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"])])
+    rules_before = lab.net.ns("iptables-save").stdout
+    code, output, _ = run_harden(cfg, ["web1"], dry=True)
+    assert code == 0, output
+    assert "web1: planned (image web): dry run: nothing changed" in output
+    assert f"replace {r.KNOCKD_CONF} (it holds secrets: no diff shown)" in output
+    assert f"replace {r.RULES_V4}\n" in output and "+:INPUT DROP [0:0]" in output
+    assert "arm: sh " in output and "confirm over a new connection" in output
+    assert lab.net.ns("iptables-save").stdout == rules_before
+    assert not any(p.is_file() for p in (lab.path("/etc"), lab.path("/var/lib")) for p in p.rglob("*"))
+    assert not (tmp_path / "secrets.json").exists()  # not even the secrets are saved under --dry
+
+
+def test_a_host_without_what_the_image_needs_is_one_line_and_untouched(tmp_path, lab):
+    cfg = config(tmp_path, {"web1": lab}, [{**lab.image("web", ["web1"]), "interface": "nosuch0"}])
+    code, output, report = run_harden(cfg, ["web1"])
+    assert code == 1
+    assert "web1: cannot harden with image web: no interface nosuch0" in output
+    assert not lab.path(r.KNOCKD_CONF).exists() and "DROP" not in lab.net.ns("iptables-save").stdout
+
+
+@pytest.mark.parametrize("words, image, message", [
+    ([], None, "--hosts or --image: name the hosts to harden"),
+    (["web1"], "web", "--image and --hosts: choose hosts one way, not both"),
+    (["web2"], None, "guard.images: host 'web2' is in no image's hosts; add it to one"),
+    ([], "nosuch", "--image: no image 'nosuch' in guard.images (web)"),
+    (["@db"], None, "--hosts: no group '@db' in fleet.hosts"),
+])
+def test_bad_choices_are_one_line_exit_2(tmp_path, words, image, message):
+    cfg = {"orchestrator": {"state_dir": str(tmp_path / "state"), "progress": "plain"},
+           "fleet": {"hosts": [{"name": "web1", "host": "192.0.2.1"}, {"name": "web2", "host": "192.0.2.2"}]},
+           "guard": {"images": [{"name": "web", "hosts": ["web1"]}], "secrets_file": str(tmp_path / "s.json")}}
+    code, output, _ = run_harden(cfg, words, image)
+    assert code == 2 and output.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not (tmp_path / "s.json").exists()

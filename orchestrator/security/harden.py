@@ -254,7 +254,7 @@ def _manager(target: Target, host: HostConfig, plan: ImagePlan) -> str:
     if manager == "none":
         problems.append("neither systemd nor OpenRC (rc-service) found (set guard.images[].services.manager)")
     if problems:
-        raise OrchestratorError(f"{host.name}: cannot harden with image {image.name}: {'; '.join(problems)}")
+        raise OrchestratorError(f"cannot harden with image {image.name}: {'; '.join(problems)}")
     return manager
 
 
@@ -389,12 +389,12 @@ def summarize(run: JobRun, outcomes: Mapping[str, Outcome], failures: Mapping[st
     for name, o in outcomes.items():
         line = f"{name}: {o.status} (image {o.image}): {o.message}"
         run.echo(line) if o.ok else run.progress.warn(line)
-    failed = sorted([n for n, o in outcomes.items() if o.status == "failed"] + list(failures))
+    failed = {n: o.message for n, o in outcomes.items() if o.status == "failed"} | dict(failures)
     reverted = sorted(n for n, o in outcomes.items() if o.status == "reverted")
     for status in ("hardened", "unchanged", "planned"):
         run.report.summary[status] = sum(o.status == status for o in outcomes.values())
     run.report.summary["reverted"], run.report.summary["failed"] = len(reverted), len(failed)
-    parts = ([f"failed on {', '.join(failed)}"] if failed else []) + \
+    parts = ([f"failed on {'; '.join(f'{n}: {why}' for n, why in sorted(failed.items()))}"] if failed else []) + \
         ([f"reverted on {', '.join(reverted)} (the old rules and files are back, proven)"] if reverted else [])
     if parts:
         raise OrchestratorError(f"harden: {'; '.join(parts)}")

@@ -22,6 +22,9 @@ from .secrets import ImageSecrets
 
 KNOCK_CHAIN = "guard-knock"  # iptables chain the SSH port jumps to; knockd adds one ACCEPT per knocker
 NFT_TABLE = "guard"
+# fwknopd's own chain (FWKNOP_INPUT_ACCESS), declared with its jump here: iptables-restore replaces the whole
+# filter table, and the chain and jump fwknopd made at its start would go with it.
+SPA_CHAIN = "FWKNOP_INPUT"
 SPA_PORT = 62201  # fwknop's default; fwknopd sniffs it with pcap, so no rule opens it
 DEFAULT_FACTS = {
     "iptables": "/sbin/iptables",
@@ -144,9 +147,10 @@ def render_iptables(image: GuardImage, version: int) -> str:
     serve = version == 4 or fw.ipv6
     served = [f"-p {proto} --dport {port}" for proto, port in _served(image)] if serve else []
     knock_chain = KNOCK_CHAIN if image.guard == "knockd" and serve else ""
+    spa_chain = SPA_CHAIN if image.guard == "fwknop" and version == 4 else ""
     return render("guard/iptables.rules.j2", {
         "image": image.name, "family": f"IPv{version}", "icmp": icmp, "served": served,
-        "knock_chain": knock_chain, "ssh_port": image.ssh_port,
+        "knock_chain": knock_chain, "spa_chain": spa_chain, "ssh_port": image.ssh_port,
     })
 
 
