@@ -11,13 +11,17 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from children import wait_until
+from children import finished, no_sshd_session_left, wait_until
 from harden_lab import LabHost, lab_host
+from orchestrator.faults import ENV as CRASH_ENV
+from orchestrator.faults import HARDEN_POINTS
 from orchestrator.job import execute
 from orchestrator.security import access, harden, render as r
 from orchestrator.security.deadman import normalised
@@ -59,8 +63,10 @@ def new_connection_refused(lab: LabHost) -> bool:
 
 @pytest.fixture
 def lab(tmp_path):
+    """One host to harden; after the test, every SSH connection harden opened to it is closed."""
     with lab_host(tmp_path) as host:
         yield host
+        no_sshd_session_left(host.net.server)
 
 
 def test_a_knockd_image_is_kept_after_a_new_connection_through_the_knock(tmp_path, lab):
@@ -133,6 +139,8 @@ def test_a_rule_set_that_shuts_the_admin_out_is_undone_by_the_host_and_a_good_ho
         assert "one_time_on_host" not in store and len(store["one_time"]) == 7  # one used by the new connection
         assert [line for line in on_host if not line.startswith("#")][-7:] == [",".join(s) for s in store["one_time"]]
         assert not leaked(tmp_path, "web", output) and not leaked(tmp_path, "shut", output)
+        no_sshd_session_left(good.net.server)
+        no_sshd_session_left(bad.net.server)
 
 
 def test_an_fwknop_image_is_kept_after_one_spa_packet(tmp_path, lab):
@@ -182,3 +190,34 @@ def test_bad_choices_are_one_line_exit_2(tmp_path, words, image, message):
     code, output, _ = run_harden(cfg, words, image)
     assert code == 2 and output.strip().splitlines()[-1].startswith(f"error: {message}")
     assert not (tmp_path / "s.json").exists()
+
+
+def harden_killed_at(tmp: Path, cfg: dict, point: str) -> None:
+    spec = tmp / "harden-config.json"
+    spec.write_text(json.dumps(cfg))
+    env = {**os.environ, CRASH_ENV: point, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = [sys.executable, str(Path(__file__).with_name("harden_child.py")), str(spec), "web1"]
+    done = finished(child, what=f"harden killed at {point}", out_dir=tmp / "child", env=env)
+    assert done.returncode == -9, done
+
+
+def host_jobs(lab: LabHost) -> list[Path]:
+    return sorted(p for p in lab.path("/var/lib/gentoo-ec2-orchestrator/guard").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("point", HARDEN_POINTS)
+def test_kill_9_at_each_harden_point_is_undone_or_finished_by_the_rerun(tmp_path, lab, point):
+    cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"])])
+    harden_killed_at(tmp_path, cfg, point)
+    (job,) = host_jobs(lab)
+    if point == "deadman-prepared":  # knockd's new files went up under the armed revert: it undoes them
+        wait_until(lambda: (job / "outcome").exists(), "the host's revert did not decide", timeout=30)
+        assert (job / "outcome").read_text().startswith("reverted")
+        assert lab.path(r.KNOCKD_CONF).read_text() == Path(r.KNOCKD_CONF).read_text()
+        assert not lab.path("/run/lab-knock.pid").exists()
+    else:  # kept, but not yet saved for boot
+        assert os.readlink(job / "decision") == "confirmed" and not lab.path(r.RULES_V4).exists()
+    code, output, report = run_harden(cfg, ["web1"])
+    assert code == 0, output
+    assert report["summary"]["hosts"]["web1"]["status"] == "hardened" and lab.path(r.RULES_V4).exists()
+    assert all((path / "outcome").exists() for path in host_jobs(lab))
