@@ -27,11 +27,7 @@ class NetnsHost:
     name: str
     ip: str  # the namespace's side of the veth pair
     server: SshServer
-
-    @property
-    def interface(self) -> str:
-        """The namespace's end of the veth pair (what a daemon inside listens on)."""
-        return "geon" + self.name[len("geo-"):]
+    interface: str = ""  # the namespace's end of the veth pair (what a daemon inside listens on)
 
     def ns(self, *argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the namespace (its firewall tools see only its rules)."""
@@ -44,11 +40,12 @@ def ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def netns_host(tmp: Path, wrap: Sequence[str] = ()) -> Iterator[NetnsHost]:
+def netns_host(tmp: Path, wrap: Sequence[str] = (), ns_if: str = "") -> Iterator[NetnsHost]:
     """A namespace ``geo-<random>`` with ``lo`` up, a veth pair (10.251.x.y/30) and an sshd on its side
-    (started through ``wrap``, a command prefix run inside the namespace, when given)."""
+    (started through ``wrap``, a command prefix run inside the namespace, when given). ``ns_if`` names the
+    namespace's end (``eth0``, as on an instance: it is made inside the namespace, so names never clash)."""
     suffix = uuid.uuid4().hex[:8]
-    name, host_if, ns_if = f"geo-{suffix}", f"geoh{suffix}", f"geon{suffix}"
+    name, host_if, ns_if = f"geo-{suffix}", f"geoh{suffix}", ns_if or f"geon{suffix}"
     net = int(suffix[:4], 16) % 16384 * 4  # a /30 inside 10.251.0.0/16
     host_ip, ns_ip = f"10.251.{net // 256}.{net % 256 + 1}", f"10.251.{net // 256}.{net % 256 + 2}"
     try:
@@ -59,8 +56,9 @@ def netns_host(tmp: Path, wrap: Sequence[str] = ()) -> Iterator[NetnsHost]:
         ip("-n", name, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
         ip("-n", name, "link", "set", ns_if, "up")
         ip("-n", name, "link", "set", "lo", "up")
-        with running_sshd(tmp / "sshd", listen=ns_ip, port=SSH_PORT, prefix=["ip", "netns", "exec", name, *wrap]) as srv:
-            yield NetnsHost(name, ns_ip, srv)
+        prefix = ["ip", "netns", "exec", name, *wrap]
+        with running_sshd(tmp / "sshd", listen=ns_ip, port=SSH_PORT, prefix=prefix) as srv:
+            yield NetnsHost(name, ns_ip, srv, ns_if)
     finally:
         _remove(name, host_if)
 

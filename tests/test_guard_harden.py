@@ -101,10 +101,12 @@ def leaked(tmp: Path, image_name: str, *texts: str) -> list[str]:
     return [word for word in secrets_in(tmp, image_name) if word in everything]
 
 
-def test_a_second_run_changes_nothing_but_proves_the_way_in_again(tmp_path, lab):
+def test_a_second_run_gets_in_by_knocking_changes_nothing_and_proves_the_way_in_again(tmp_path, lab):
     cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"])])
     assert run_harden(cfg, ["web1"])[0] == 0
     saved = lab.path(r.RULES_V4).read_text()
+    close_the_knock(cfg, "web1", lab)  # the host is shut to us again: the rerun's own first connection knocks
+    assert new_connection_refused(lab)
     code, output, report = run_harden(cfg, ["web1"])
     assert code == 0, output
     host = report["summary"]["hosts"]["web1"]
@@ -136,8 +138,8 @@ def test_a_rule_set_that_shuts_the_admin_out_is_undone_by_the_host_and_a_good_ho
         assert good.path("/etc/runlevels/default/nftables").is_symlink()
         store = json.loads((tmp_path / "secrets.json").read_text())["images"]["web"]
         on_host = good.path("/etc/knockd/one_time_sequences").read_text().splitlines()
-        assert "one_time_on_host" not in store and len(store["one_time"]) == 7  # one used by the new connection
-        assert [line for line in on_host if not line.startswith("#")][-7:] == [",".join(s) for s in store["one_time"]]
+        assert "one_time_on_host" not in store and len(store["one_time"]) == 6  # harden's way in, then the new one
+        assert [line for line in on_host if not line.startswith("#")] == [",".join(s) for s in store["one_time"]]
         assert not leaked(tmp_path, "web", output) and not leaked(tmp_path, "shut", output)
         no_sshd_session_left(good.net.server)
         no_sshd_session_left(bad.net.server)
@@ -174,6 +176,17 @@ def test_a_host_without_what_the_image_needs_is_one_line_and_untouched(tmp_path,
     assert code == 1
     assert "web1: cannot harden with image web: no interface nosuch0" in output
     assert not lab.path(r.KNOCKD_CONF).exists() and "DROP" not in lab.net.ns("iptables-save").stdout
+
+
+def test_a_one_time_image_of_two_hosts_is_refused_in_one_line(tmp_path):
+    cfg = {"orchestrator": {"state_dir": str(tmp_path / "state"), "progress": "plain"},
+           "fleet": {"hosts": [{"name": f"web{i}", "host": f"192.0.2.{i}", "groups": ["web"]} for i in (1, 2)]},
+           "guard": {"images": [{"name": "web", "hosts": ["@web"], "knock": {"one_time": True}}],
+                     "secrets_file": str(tmp_path / "s.json")}}
+    code, output, _ = run_harden(cfg, image="web")
+    assert code == 2 and output.strip().splitlines()[-1] == (
+        "error: guard.images[0].knock.one_time: image web has 2 hosts; each host's knockd uses up its own list, "
+        "so a one-time image holds one host")
 
 
 @pytest.mark.parametrize("words, image, message", [

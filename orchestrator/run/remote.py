@@ -122,9 +122,11 @@ class RemoteTarget(Target):
         dry: bool = False,
         echo: Callable[[str], None] | None = None,
         command_timeout: float | None = None,
+        before_connect: Callable[[], None] | None = None,
     ):
         super().__init__(dry=dry, echo=echo)
         self.command_timeout = command_timeout
+        self.before_connect = before_connect  # run before each new TCP connection (a knock through a guard)
         self.host = host
         self.user = user
         self.port = int(port)
@@ -189,6 +191,8 @@ class RemoteTarget(Target):
                 return self._conn
             conn = self._opening = self._new_connection()
         try:
+            if self.before_connect is not None:
+                self.before_connect()
             with self._ssh_errors("connect"):
                 conn.open()
             with self._lock:
@@ -329,6 +333,8 @@ class RemoteTarget(Target):
             return
         fresh = self._new_connection()
         try:
+            if self.before_connect is not None:
+                self.before_connect()
             with self._ssh_errors("connect to kill remote commands"):
                 fresh.open()
             self._run_bare(fresh.transport, remote_command(argv))

@@ -62,7 +62,18 @@ def image_of(run: JobRun, host: HostConfig) -> GuardImage | None:
     if len(images) > 1:
         raise ConfigError(f"guard.images: host {host.name!r} is in more than one image "
                           f"({', '.join(i.name for i in images)})")
+    if images and images[0].knock.one_time:
+        _one_host_only(run, images[0])
     return images[0] if images else None
+
+
+def _one_host_only(run: JobRun, image: GuardImage) -> None:
+    """knockd takes one-time sequences in file order, each host's knockd its own file: one list is one host."""
+    members = select_hosts(run.section("fleet"), image.hosts)
+    if len(members) > 1:
+        index = [i.name for i in run.section("guard").images].index(image.name)
+        raise ConfigError(f"guard.images[{index}].knock.one_time: image {image.name} has {len(members)} hosts; "
+                          "each host's knockd uses up its own list, so a one-time image holds one host")
 
 
 def knock(run: JobRun, way: Way, *, close: bool = False, allow_ip: str | None = None) -> str:
@@ -74,13 +85,27 @@ def knock(run: JobRun, way: Way, *, close: bool = False, allow_ip: str | None = 
         if close:
             raise ConfigError(f"--close: image {image.name} uses fwknop, whose rules expire by themselves; "
                               "there is nothing to close")
-        secrets = load_or_create(run, image)
+        load_or_create(run, image)  # a bad secrets file is an error under --dry too
         if run.dry:
             return f"[dry-run] {host.name}: one SPA packet to {host.host}"
-        client.send_spa(host.host, secrets.spa_key.reveal(), secrets.hmac_key.reveal(), [(image.ssh_port, "tcp")],
-                        allow_ip=allow_ip)
+        _send_spa(run, way, allow_ip)
         return f"{host.name}: sent one SPA packet (image {image.name})"
     return _knock_sequence(run, way, close)
+
+
+def open_way(run: JobRun, host: HostConfig) -> None:
+    """Before a new connection to ``host``: its guard's knock (or SPA packet), then sshd's banner. Nothing for
+    a host in no image or with ``guard: none``. Read-only ``--dry`` probes need the way in too, so this
+    knocks under ``--dry`` as well; except a one-time sequence, which would be used up: then it only tries."""
+    image = image_of(run, host)
+    if image is None or image.guard == "none" or (run.dry and image.guard == "knockd" and image.knock.one_time):
+        return
+    way = Way(host, image)
+    if image.guard == "fwknop":
+        _send_spa(run, way)
+    else:
+        _send_sequence(run, way, close=False)
+    wait_for_banner(host.host, host.port)
 
 
 def _knock_sequence(run: JobRun, way: Way, close: bool) -> str:
@@ -91,7 +116,15 @@ def _knock_sequence(run: JobRun, way: Way, close: bool) -> str:
     which = "close" if close else ("one-time" if image.knock.one_time else "open")
     if run.dry:
         return f"[dry-run] {host.name}: the {which} sequence to {host.host}"
-    if which == "one-time":
+    sequence = _send_sequence(run, way, close)
+    return f"{host.name}: sent the {which} sequence ({len(sequence)} knocks, image {image.name})"
+
+
+def _send_sequence(run: JobRun, way: Way, close: bool) -> list:
+    """The open (or close, or next one-time) sequence, sent; returns it (for its length only)."""
+    image, host = way.image, way.host
+    secrets = load_or_create(run, image)
+    if not close and image.knock.one_time:
         sequence, left = consume_one_time(run, image)  # saved as used before a packet leaves
         if left < client.LOW_WATER:
             run.report.warnings.append(f"image {image.name}: {left} one-time knock sequence(s) left; "
@@ -99,7 +132,13 @@ def _knock_sequence(run: JobRun, way: Way, close: bool) -> str:
     else:
         sequence = secrets.close if close else secrets.open
     client.send_sequence(host.host, [(k.port, k.proto) for k in sequence], seq_timeout=image.knock.seq_timeout)
-    return f"{host.name}: sent the {which} sequence ({len(sequence)} knocks, image {image.name})"
+    return sequence
+
+
+def _send_spa(run: JobRun, way: Way, allow_ip: str | None = None) -> None:
+    secrets = load_or_create(run, way.image)
+    client.send_spa(way.host.host, secrets.spa_key.reveal(), secrets.hmac_key.reveal(), [(way.image.ssh_port, "tcp")],
+                    allow_ip=allow_ip)
 
 
 def wait_for_banner(address: str, port: int, timeout: float = BANNER_TIMEOUT_S) -> str:

@@ -206,7 +206,8 @@ def plan_image(run: JobRun, image: GuardImage) -> ImagePlan:
 
 def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) -> Outcome:
     image, daemon = plan.image, plan.guard_daemon
-    services = Services(_manager(target, host, plan), image)
+    services = Services(_manager(target, host, plan), image)  # the first command: connected (and knocked) now
+    plan = _with_current_one_time_list(run, plan)
     changed = _changed_files(target, plan.guard_files)
     if run.dry:
         return _dry_run(run, target, host, plan, changed)
@@ -215,7 +216,7 @@ def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) 
     outcome = apply_with_deadman(
         run, target, new_rules=plan.new_rules, backend=image.firewall.backend,
         window_s=image.firewall.confirm_window, state_dir=run.section("guard").host_state_dir,
-        reconnect=lambda: _through_the_guard(run, host, image),
+        reconnect=lambda: _through_the_guard(run, host),
         prepare=lambda t: _prepare(t, plan, changed, services, running), undo=undo)
     if not outcome.ok:
         status = "reverted" if outcome.status == "reverted" else "failed"
@@ -271,6 +272,17 @@ def _host_tools(image: GuardImage) -> list[str]:
     elif image.guard == "fwknop":
         tools.append("fwknopd")
     return tools
+
+
+def _with_current_one_time_list(run: JobRun, plan: ImagePlan) -> ImagePlan:
+    """The plan with knockd's one-time file as the list stands now: getting in to harden used its head (the
+    host's knockd takes the lines in order, so the file must start at the sequence the next knock sends)."""
+    image = plan.image
+    if image.guard != "knockd" or not image.knock.one_time or run.dry:
+        return plan
+    path = r.DEFAULT_FACTS["one_time_file"]
+    fresh = r.render_image(image, load_or_create(run, image))[path]
+    return ImagePlan(image, plan.key, {**plan.files, path: fresh})
 
 
 def _changed_files(target: Target, files: Mapping[str, r.RenderedFile]) -> dict[str, str | None]:
@@ -337,11 +349,9 @@ def _wait_running(target: Target, services: Services, daemon: str) -> None:
 
 
 @contextmanager
-def _through_the_guard(run: JobRun, host: HostConfig, image: GuardImage) -> Iterator[Target]:
-    """A new connection the way an admin gets in: knock (or one SPA packet), sshd's banner, then SSH."""
-    way = access.Way(host, image)
-    access.knock(run, way)
-    access.wait_for_banner(host.host, host.port, timeout=min(access.BANNER_TIMEOUT_S, image.firewall.confirm_window))
+def _through_the_guard(run: JobRun, host: HostConfig) -> Iterator[Target]:
+    """A new connection the way an admin gets in: ``connect`` knocks (or sends one SPA packet) and waits for
+    sshd's banner first."""
     with connect(run, host) as fresh:
         yield fresh
 
