@@ -234,3 +234,15 @@ def test_kill_9_at_each_harden_point_is_undone_or_finished_by_the_rerun(tmp_path
     assert code == 0, output
     assert report["summary"]["hosts"]["web1"]["status"] == "hardened" and lab.path(r.RULES_V4).exists()
     assert all((path / "outcome").exists() for path in host_jobs(lab))
+
+
+def test_services_are_the_init_systems_own_commands_with_gentoos_names(tmp_path):
+    from orchestrator.config import load_section
+    image = load_section("guard", {"images": [{"name": "web", "services": {"fail2ban": "fail2ban-ssh"}}]}).images[0]
+    openrc, systemd = harden.Services("openrc", image), harden.Services("systemd", image)
+    assert openrc.restart("knockd") == ["rc-service", "knock", "restart"]
+    assert openrc.enable("iptables") == ["rc-update", "add", "iptables", "default"]
+    assert openrc.status("fail2ban") == ["fail2ban-client", "ping"]
+    assert systemd.restart("fail2ban") == ["systemctl", "restart", "fail2ban-ssh"]
+    assert systemd.enable("nft") == ["systemctl", "enable", "--quiet", "nftables-restore"]
+    assert systemd.status("knockd") == ["systemctl", "is-active", "--quiet", "knockd"]
