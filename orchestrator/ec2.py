@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,22 +160,36 @@ def snapshot_root(run, client, instance_id: str, *, host: str, description: str,
 
 def wait_snapshot(run, client, snapshot_id: str, *, timeout: float, poll_seconds: float = POLL_SECONDS) -> dict:
     """Poll until the snapshot is ``completed`` showing its Progress; ``error`` or the timeout is an error."""
-    deadline = time.monotonic() + timeout
+
+    def completed(snapshot: dict) -> bool:
+        if snapshot.get("State") == "error":
+            reason = snapshot.get("StateMessage") or "no reason given"
+            raise OrchestratorError(f"snapshot {snapshot_id}: state error ({reason})")
+        return snapshot.get("State") == "completed"
+
+    def late(snapshot: dict) -> str:
+        return (f"snapshot {snapshot_id}: not completed after {timeout:g} s (state {snapshot.get('State', '')}, "
+                f"{snapshot.get('Progress') or '0%'}); it may still complete: look at it before snapshotting again")
+
     with PercentProgress(run.progress, f"snapshot {snapshot_id}") as shown:
-        while True:
-            snapshot = describe_snapshot(client, snapshot_id)
-            state = snapshot.get("State", "")
-            shown.at(snapshot.get("Progress") or "", state)
-            if state == "completed":
-                return snapshot
-            if state == "error":
-                reason = snapshot.get("StateMessage") or "no reason given"
-                raise OrchestratorError(f"snapshot {snapshot_id}: state error ({reason})")
-            if time.monotonic() >= deadline:
-                raise OrchestratorError(f"snapshot {snapshot_id}: not completed after {timeout:g} s "
-                                        f"(state {state}, {snapshot.get('Progress') or '0%'}); it may still "
-                                        "complete: look at it before snapshotting again")
-            time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
+        return poll_until(lambda: describe_snapshot(client, snapshot_id), completed, late,
+                          show=lambda snapshot: shown.at(snapshot.get("Progress") or "", snapshot.get("State", "")),
+                          timeout=timeout, poll_seconds=poll_seconds)
+
+
+def poll_until(describe: Callable[[], dict], done: Callable[[dict], bool], late: Callable[[dict], str], *,
+               show: Callable[[dict], None], timeout: float, poll_seconds: float) -> dict:
+    """``describe()`` every ``poll_seconds`` until ``done`` says so (it raises for a failed state); after
+    ``timeout`` seconds, ``late(last answer)`` is the error. Each answer is shown first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = describe()
+        show(found)
+        if done(found):
+            return found
+        if time.monotonic() >= deadline:
+            raise OrchestratorError(late(found))
+        time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
 
 
 def describe_snapshot(client, snapshot_id: str) -> dict:
@@ -320,23 +334,26 @@ def register_ami(run, client, name: str, snapshot_id: str, *, root_device_name: 
 
 def wait_image(run, client, image_id: str, *, timeout: float, poll_seconds: float = POLL_SECONDS) -> dict:
     """Poll until the image is ``available``; ``failed`` (or another end state) or the timeout is an error."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
-        image = _describe_image(client, image_id)
+    said = {"state": None}
+
+    def show(image: dict) -> None:
+        if image.get("State", "") != said["state"]:
+            said["state"] = image.get("State", "")
+            run.progress.say(f"image {image_id}: {said['state']}")
+
+    def available(image: dict) -> bool:
         state = image.get("State", "")
-        if state != last:
-            run.progress.say(f"image {image_id}: {state}")
-            last = state
-        if state == "available":
-            return image
-        if state not in ("pending", ""):
+        if state not in ("available", "pending", ""):
             reason = (image.get("StateReason") or {}).get("Message") or "no reason given"
             raise OrchestratorError(f"image {image_id}: state {state} ({reason})")
-        if time.monotonic() >= deadline:
-            raise OrchestratorError(f"image {image_id}: not available after {timeout:g} s (state {state}); "
-                                    "it may still become available: look at it before registering again")
-        time.sleep(max(0.0, min(poll_seconds, deadline - time.monotonic())))
+        return state == "available"
+
+    def late(image: dict) -> str:
+        return (f"image {image_id}: not available after {timeout:g} s (state {image.get('State', '')}); "
+                "it may still become available: look at it before registering again")
+
+    return poll_until(lambda: _describe_image(client, image_id), available, late, show=show, timeout=timeout,
+                      poll_seconds=poll_seconds)
 
 
 def _describe_image(client, image_id: str) -> dict:

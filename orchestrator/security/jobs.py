@@ -1,7 +1,7 @@
 """``inv guard.render``: every image's guard files rendered, validated, and written as the host's tree.
 
 ``guard.output_dir/<image>/`` holds the files as they go on the host
-(``etc/knockd.conf``, ``etc/iptables/rules-save``, ...), with their modes; the
+(``etc/knockd.conf``, ``var/lib/iptables/rules-save``, ...), with their modes; the
 directory is 0700 since some files hold secrets. A new tree replaces the old one
 whole (a file the image no longer gets does not linger). Under ``--dry``
 everything is rendered and validated (validation changes nothing on this box: it
