@@ -181,7 +181,8 @@ def test_commented_out_line_is_left_and_a_required_one_added_above_the_next_comm
 
 
 def test_an_optional_line_in_the_file_itself_stays_and_a_required_one_goes_before_it():
-    text = "#%PAM-1.0\nauth\tinclude\t\tsystem-auth\nsession\toptional\tpam_loginuid.so\nsession\tinclude\t\tsystem-auth\n"
+    text = ("#%PAM-1.0\nauth\tinclude\t\tsystem-auth\n"
+            "session\toptional\tpam_loginuid.so\nsession\tinclude\t\tsystem-auth\n")
     new = pam.ensure_loginuid(text, "crond")
     assert one_line_added(text, new) == f"session\trequired\tpam_loginuid.so  {pam.TAG}\n"  # tabs, as the file
     assert new.index("required\tpam_loginuid") < new.index("optional\tpam_loginuid")
