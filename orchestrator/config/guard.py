@@ -199,6 +199,36 @@ def duration_seconds(text: str) -> int:
     return sum(int(n) * UNITS[u] for n, u in re.findall(r"([0-9]+)(mo|[smhdwy]?)", text))
 
 
+PAM_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # a file name in /etc/pam.d
+NEVER_LOGINUID = re.compile(r"(su|sudo|runuser|doas|pkexec|ksu)(-[A-Za-z0-9._+-]*)?", re.IGNORECASE)
+
+
+def never_loginuid(service: str) -> bool:
+    """su, sudo and their kin (su-l, sudo-i, runuser-l, sudo-rs): pam_loginuid there would overwrite the login
+    uid of the admin who escalates with the target user's, the very trail it exists to keep."""
+    return bool(NEVER_LOGINUID.fullmatch(service))
+
+
+@dataclass(frozen=True)
+class LoginuidConfig:
+    """Key ``guard.images[].loginuid``: the login services whose PAM session stack must run
+    ``session required pam_loginuid.so`` (Debian names cron ``cron``; Gentoo's cronie ``crond``)."""
+
+    enabled: bool = True
+    services: list[str] = field(default_factory=lambda: ["sshd", "crond", "atd"])
+
+    def check(self, key: str) -> None:
+        for i, name in enumerate(self.services):
+            if not PAM_SERVICE.fullmatch(name):
+                raise ConfigError(f"{key}.services[{i}]: {_shown(name)} is not a PAM service (a file name in "
+                                  "/etc/pam.d: letters, digits, . _ + -)")
+            if never_loginuid(name):
+                raise ConfigError(f"{key}.services[{i}]: {name}: loginuid must never be set there (su/sudo would "
+                                  "overwrite the login uid); list login services only, like sshd, crond, atd")
+            if self.services.index(name) != i:
+                raise ConfigError(f"{key}.services[{i}]: {name} is listed twice")
+
+
 @dataclass(frozen=True)
 class GuardImage:
     """One entry of ``guard.images``: a named set of fleet hosts and how each guards its sshd.
@@ -221,6 +251,7 @@ class GuardImage:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     fail2ban: Fail2banConfig = field(default_factory=Fail2banConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    loginuid: LoginuidConfig = field(default_factory=LoginuidConfig)
 
     def check(self, key: str) -> None:
         plain_text(self.name, f"{key}.name")
