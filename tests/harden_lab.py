@@ -90,12 +90,16 @@ class LabHost:
 
 
 @contextmanager
-def lab_host(tmp: Path) -> Iterator[LabHost]:
+def lab_host(tmp: Path, files: dict[str, str] | None = None) -> Iterator[LabHost]:
+    """The host; ``files`` (host path -> text, under the overlaid trees) are there from the start."""
     lab = tmp / "lab"
     for d in OVERLAID:
         (lab / "upper" / d).mkdir(parents=True)
         (lab / "work" / d).mkdir(parents=True)
     (lab / "upper/var/log/auth.log").write_text("")
+    for path, text in (files or {}).items():
+        (lab / "upper" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (lab / "upper" / path.lstrip("/")).write_text(text)
     sbin = lab / "sbin"
     sbin.mkdir()
     for name, text in (("rc-service", RC_SERVICE), ("rc-update", RC_UPDATE)):

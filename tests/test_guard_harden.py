@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_a_knockd_image_is_kept_after_a_new_connection_through_the_knock(tmp_pat
     host = report["summary"]["hosts"]["web1"]
     assert host["status"] == "hardened" and "kept and saved for boot" in host["message"]
     assert set(host["jails"]) == {"sshd", "recidive"} and host["jails"]["sshd"]["currently_banned"] == 0
+    # Debian's sshd and cron stacks have pam_loginuid; no atd here; the lab's sshd runs without PAM
+    assert host["loginuid"]["services"]["sshd"]["status"] == "present"
+    assert host["loginuid"]["services"]["atd"]["status"] == "missing-file" and host["loginuid"]["over_ssh"] == "unset"
+    assert any("loginuid is unset over SSH" in w for w in report["warnings"])
     saved = lab.path(r.RULES_V4).read_text()
     live = lab.net.ns("iptables-save").stdout
     assert ":INPUT DROP" in live and "-j guard-knock" in live and saved.startswith("# ")
@@ -118,7 +123,9 @@ def test_a_second_run_gets_in_by_knocking_changes_nothing_and_proves_the_way_in_
 def test_a_rule_set_that_shuts_the_admin_out_is_undone_by_the_host_and_a_good_host_is_kept(tmp_path):
     """Two hosts at once: web1 (nftables, one-time knocks) is kept; web2's image protects a port its sshd does
     not listen on, so no new connection gets in: web2 puts back its old rules AND knockd's old files by itself."""
-    with lab_host(tmp_path / "a") as good, lab_host(tmp_path / "b") as bad:
+    gentoo = {f"/etc/pam.d/{p.name}": p.read_text() for p in (Path(__file__).parent / "pam_corpus/gentoo").iterdir()}
+    gentoo_sshd = gentoo["/etc/pam.d/sshd"]  # its stack has pam_loginuid only as optional (pambase)
+    with lab_host(tmp_path / "a", gentoo) as good, lab_host(tmp_path / "b", gentoo) as bad:
         bad.net.ns("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
         before = {tool: bad.net.ns(f"{tool}-save").stdout for tool in ("iptables", "ip6tables")}
         images = [good.image("web", ["web1"], knock={"one_time": True, "one_time_count": 8},
@@ -133,12 +140,16 @@ def test_a_rule_set_that_shuts_the_admin_out_is_undone_by_the_host_and_a_good_ho
         for tool, text in before.items():
             assert normalised(tool, bad.net.ns(f"{tool}-save").stdout) == normalised(tool, text)
         assert bad.path(r.KNOCKD_CONF).read_text() == Path(r.KNOCKD_CONF).read_text()  # the package's, back
+        assert bad.path("/etc/pam.d/sshd").read_text() == gentoo_sshd  # pam_loginuid was added, then undone
+        assert re.search(r"^session +required +pam_loginuid.so", good.path("/etc/pam.d/sshd").read_text(), re.M)
+        assert "/etc/pam.d/sshd" in hosts["web1"]["changed"]
         assert not bad.path(r.RULES_V4).exists() and not bad.path("/run/lab-knock.pid").exists()
         assert "table inet guard" in good.net.ns("nft", "list", "ruleset").stdout
         assert good.path("/etc/runlevels/default/nftables").is_symlink()
         store = json.loads((tmp_path / "secrets.json").read_text())["images"]["web"]
         on_host = good.path("/etc/knockd/one_time_sequences").read_text().splitlines()
-        assert "one_time_on_host" not in store and len(store["one_time"]) == 6  # harden's way in, then the new one
+        # harden's way in, the new connection that confirms, the one that reads the login uid back
+        assert "one_time_on_host" not in store and len(store["one_time"]) == 5
         assert [line for line in on_host if not line.startswith("#")] == [",".join(s) for s in store["one_time"]]
         assert not leaked(tmp_path, "web", output) and not leaked(tmp_path, "shut", output)
         no_sshd_session_left(good.net.server)

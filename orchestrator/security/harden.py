@@ -9,15 +9,18 @@ Per image, once, on this box: the secrets (a one-time list refilled), the files 
    diffs (a file holding a secret says only that it would change) and the dead-man switch's steps.
 3. **under the dead-man switch** (``deadman.apply_with_deadman``): with the revert armed, knockd's (or
    fwknopd's) files go up (the previous kept as ``.<name>.previous``), the daemon restarts and must be
-   seen running, then the rules are loaded. Only a NEW connection through the knock (or SPA packet)
-   keeps them. If none can be made, the host puts the old rules AND the daemon's old files back by itself
-   (``Undo``), restarts it, and the run fails for that host.
+   seen running, the login services' PAM stacks get ``pam_loginuid`` where missing (``loginuid``), then
+   the rules are loaded. Only a NEW connection through the knock (or SPA packet) keeps them, which also
+   proves sshd still lets us in with its new PAM stack. If none can be made, the host puts the old rules,
+   the daemon's old files and the old PAM files back by itself (``Undo``), restarts the daemon, and the
+   run fails for that host.
 4. **kept**: only now the rules are saved where the firewall service loads them at boot, and the services
    are enabled at boot (the seed's advice: don't save the rules until you know they work, so that a
    reboot gets you back in). The one-time list the host has is recorded. Then fail2ban: its files go up
    and it restarts (always: ``iptables-restore`` replaced the filter table, its chains with it), must
    answer, and its status per jail is read back. fail2ban cannot lock the admin out, so it is not under
-   the switch; its failure still fails the host.
+   the switch; its failure still fails the host. Last, the login uid is read on a new connection: a
+   host where ``/proc/self/loginuid`` is still unset (sshd with ``UsePAM no``) is reported.
 
 Every run goes through the switch, even when nothing changed: the rules are loaded again and the way in is
 proven by a new connection. That also clears knockd's open windows (established sessions stay).
@@ -41,6 +44,7 @@ from ..job import JobRun
 from ..run import Target
 from . import access, render as r
 from .deadman import Undo, apply_with_deadman
+from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
 from .secrets import load_or_create, mark_one_time_deployed
 from .validate import validate_image
 
@@ -97,6 +101,7 @@ class Outcome:
     message: str = ""
     changed: list[str] = field(default_factory=list)
     jails: dict[str, dict[str, int]] = field(default_factory=dict)
+    loginuid: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -212,17 +217,25 @@ def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) 
     if run.dry:
         return _dry_run(run, target, host, plan, changed)
     running = daemon is not None and _is_running(target, services, daemon)
-    undo = Undo(changed, [services.restart(daemon) if running else services.stop(daemon)] if daemon else [])
+    pam_files = _pam_texts(target, image)
+    undo = Undo({**changed, **pam_files},
+                [services.restart(daemon) if running else services.stop(daemon)] if daemon else [])
+    login: list[LoginuidResult] = []
+
+    def prepare(t: Target) -> None:
+        _prepare(t, plan, changed, services, running)
+        if image.loginuid.enabled:
+            login.append(check_and_fix_loginuid(t, image.loginuid.services))
+
     outcome = apply_with_deadman(
         run, target, new_rules=plan.new_rules, backend=image.firewall.backend,
         window_s=image.firewall.confirm_window, state_dir=run.section("guard").host_state_dir,
-        reconnect=lambda: _through_the_guard(run, host),
-        prepare=lambda t: _prepare(t, plan, changed, services, running), undo=undo)
+        reconnect=lambda: _through_the_guard(run, host), prepare=prepare, undo=undo)
     if not outcome.ok:
         status = "reverted" if outcome.status == "reverted" else "failed"
         return Outcome(host.name, image.name, status, outcome.message, sorted(changed))
     crash_point("harden-kept")
-    touched = sorted(changed) + _save_for_boot(target, plan, services)
+    touched = sorted(changed) + (login[0].changed if login else []) + _save_for_boot(target, plan, services)
     if image.guard == "knockd" and image.knock.one_time:
         mark_one_time_deployed(run, image)
     try:
@@ -231,9 +244,36 @@ def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) 
     except OrchestratorError as exc:
         return Outcome(host.name, image.name, "failed", f"the firewall is kept and saved, but fail2ban: {exc}",
                        touched)
-    status = "hardened" if touched else "unchanged"
-    message = f"kept and saved for boot ({outcome.message}); fail2ban jails: {', '.join(jails) or 'none'}"
-    return Outcome(host.name, image.name, status, message, touched, jails)
+    result = Outcome(host.name, image.name, "hardened" if touched else "unchanged",
+                     f"kept and saved for boot ({outcome.message}); fail2ban jails: {', '.join(jails) or 'none'}",
+                     touched, jails)
+    if login:
+        _loginuid_report(run, host, login[0], result)
+    return result
+
+
+def _pam_texts(target: Target, image: GuardImage) -> dict[str, str]:
+    """The login services' PAM files as they are now (what the switch puts back); missing ones are never made."""
+    if not image.loginuid.enabled:
+        return {}
+    paths = (f"/etc/pam.d/{name}" for name in image.loginuid.services)
+    return {path: text for path in paths if (text := target.read_file(path)) is not None}
+
+
+def _loginuid_report(run: JobRun, host: HostConfig, login: LoginuidResult, result: Outcome) -> None:
+    """The PAM result, and the login uid read back on a new connection: an unset one is reported, and a
+    service pam_loginuid could not be given fails the host."""
+    with connect(run, host) as fresh:
+        uid = loginuid_over_ssh(fresh)
+    result.loginuid = {**login.as_dict(), "over_ssh": uid if uid is not None else "unset"}
+    for warning in login.warnings:
+        run.report.warnings.append(f"{host.name}: {warning}")
+    if uid is None:
+        run.report.warnings.append(f"{host.name}: /proc/self/loginuid is unset over SSH (sshd with UsePAM no?): "
+                                   "audit records will not name who logged in")
+    if not login.ok:
+        result.status = "failed"
+        result.message += f"; {login.summary()}"
 
 
 def _manager(target: Target, host: HostConfig, plan: ImagePlan) -> str:
@@ -299,6 +339,8 @@ def _dry_run(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan,
              changed: Mapping[str, str | None]) -> Outcome:
     for path, rendered in sorted(plan.files.items()):
         target.replace_file(path, rendered.text, mode=rendered.mode, secret=rendered.secret)
+    if plan.image.loginuid.enabled:
+        check_and_fix_loginuid(target, plan.image.loginuid.services)
     apply_with_deadman(run, target, new_rules=plan.new_rules, backend=plan.image.firewall.backend,
                        window_s=plan.image.firewall.confirm_window, reconnect=_no_reconnect,
                        state_dir=run.section("guard").host_state_dir)
