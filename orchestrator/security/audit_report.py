@@ -10,6 +10,8 @@ Pure and streaming, like the seed's ``auditloginfo``: lines of the kernel's reco
   non-ASCII byte) as unquoted hex, ``(null)`` for none: ``decode`` undoes both;
 * an EXECVE argument longer than one record is split: ``aN_len=`` then ``aN[0]=``, ``aN[1]=``, ...,
   possibly over several EXECVE records of the event; ``Execve`` joins the pieces;
+* auditd 3's default ``log_format = ENRICHED`` appends ``\x1d`` and its own interpretations (``AUID="alice"``)
+  to a record, and ``ausearch --raw`` may append a bare ``\x1d``: what follows it is dropped;
 * every list is a ``TopCounter``: at most ``cap`` distinct entries kept, the rarest dropped when it
   fills (their occurrences counted as ``dropped``).
 
@@ -38,6 +40,7 @@ HEX = re.compile(rb"(?:[0-9A-F]{2})+")
 EXECVE_ARG = re.compile(r"a([0-9]+)(?:\[([0-9]+)\]|(_len))?")
 ARCHES = {"c000003e": "x86_64", "40000003": "i386", "c00000b7": "aarch64", "40000028": "arm"}
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+ENRICHED = b"\x1d"  # auditd's log_format ENRICHED: interpreted fields after it (ausearch --raw may add it bare)
 WANTED = {b"SYSCALL", b"EXECVE", b"PATH", b"CWD", b"PROCTITLE", b"EOE"}
 
 
@@ -224,7 +227,7 @@ class Report:
             if len(self.open) >= MAX_OPEN:
                 self._close(next(iter(self.open)))
             event = self.open[stamp] = Event()
-        event.add(kind, line[header.end():].rstrip(b"\n"))
+        event.add(kind, line[header.end():].rstrip(b"\n").split(ENRICHED, 1)[0])
 
     def feed_all(self, lines: Iterable[bytes]) -> "Report":
         feed = self.feed
