@@ -248,18 +248,18 @@ def harden(c, hosts="", host=None, image=None, dry=False):
     run_task(c, "harden", lambda run: guard_harden.harden(run, words, image))
 
 
-@task(name="audit-report", optional=["host"], auto_shortflags=False, help={
-    "host": "one host from fleet.hosts (or --file for a log on this box)",
+@task(name="audit-report", positional=["host"], auto_shortflags=False, help={
+    "host": "one host from fleet.hosts, or 'local' with --file",
     "auid": "only this login uid (ausearch -ul); default: every one, each apart",
     "since": "from: 1h, 2d, 1w, an ISO time (UTC unless it has an offset), recent, today, boot, this-week, ...",
     "json": "also write the report as JSON to this file",
     "log": "a log file on the host instead of the logs auditd.conf names (ausearch -if)",
-    "file": "a log file on this box instead of a host",
+    "file": "a log file on this box (HOST: local)",
     "top": "entries per list (default 20)",
 })
-def audit_report(c, host=None, auid=None, since=None, json=None, log=None, file=None, top=20):
+def audit_report(c, host, auid=None, since=None, json=None, log=None, file=None, top=20):
     """System calls, commands executed and files opened per login uid, from a host's audit log (ausearch --raw,
-    streamed over SSH), like the seed's auditloginfo."""
+    streamed over SSH), like the seed's auditloginfo. A log on this box: `inv audit-report local --file LOG`."""
     run_task(c, "audit-report", lambda run: audit_jobs.audit_report(
         run, host, auid=None if auid is None else int(auid), since=since, json_path=json, log=log, file=file,
         top=int(top)), locked=False)

@@ -30,6 +30,7 @@ AUSEARCH_ENV = {"LC_ALL": "C", "TZ": "UTC"}
 KEYWORDS = {"now", "recent", "boot", "today", "yesterday", "this-week", "week-ago", "this-month", "this-year"}
 RELATIVE = re.compile(r"([0-9]+)([smhdw])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+LOCAL = "local"  # the HOST word for --file: invoke has no optional positional arguments
 NO_MATCHES = "<no matches>"  # ausearch's stderr, exit 1, when nothing matched (with --raw: exit 1, silent)
 
 
@@ -110,13 +111,13 @@ def report_remote(remote, *, log: str | None = None, auid: int | None = None, si
     return report
 
 
-def audit_report(run: JobRun, host: str | None, *, auid: int | None = None, since: str | None = None,
+def audit_report(run: JobRun, host: str, *, auid: int | None = None, since: str | None = None,
                  json_path: str | None = None, log: str | None = None, file: str | None = None,
                  top: int = 20) -> Report:
-    """The job: one fleet host (``log``: a file on it instead of its logs) or a local ``file``; the seed's
+    """The job: one fleet host (``log``: a file on it instead of its logs), or ``local`` and a ``file`` here; the seed's
     tables on stdout, the whole report in the run report and, with ``json_path``, in that file."""
-    if bool(host) == bool(file):
-        raise ConfigError("audit-report: give a HOST from fleet.hosts, or --file LOG for a log on this box")
+    if (host == LOCAL) != bool(file):
+        raise ConfigError(f"HOST: give a host from fleet.hosts, or {LOCAL} with --file LOG (a log on this box)")
     if since:
         since_args(since)  # a bad --since is a setting's error before any connection
     if file:
