@@ -36,6 +36,7 @@ AUID_CAP = 256  # login uids kept apart; more are counted under "other"
 HEADER = re.compile(rb"type=([A-Z_0-9]+) msg=audit\(([0-9]+\.[0-9]+:[0-9]+)\): ?")
 FIELD = re.compile(rb"([A-Za-z0-9_\[\]-]+)=(\"[^\"]*\"|'[^']*'|\S*)")
 SYSCALL_FIELDS = re.compile(rb"\barch=([0-9a-f]+) syscall=([0-9]+)\b.*? auid=([0-9]+)\b")
+PATH_FIELDS = re.compile(rb"\bname=(\"[^\"]*\"|\S+).*? nametype=(\S+)")
 HEX = re.compile(rb"(?:[0-9A-F]{2})+")
 EXECVE_ARG = re.compile(r"a([0-9]+)(?:\[([0-9]+)\]|(_len))?")
 ARCHES = {"c000003e": "x86_64", "40000003": "i386", "c00000b7": "aarch64", "40000028": "arm"}
@@ -128,12 +129,12 @@ class Event:
                 self.execve = Execve()
             self.execve.add(body)
         elif kind == b"PATH":
-            values = fields(body)
-            name = decode(values.get("name", b"(null)"))
+            found = PATH_FIELDS.search(body)
+            name = decode(found.group(1)) if found else None
             if name is not None:
-                self.paths.append((name, values.get("nametype", b"").decode()))
+                self.paths.append((name, found.group(2).decode()))
         elif kind == b"CWD":
-            self.cwd = decode(fields(body).get("cwd", b"(null)")) or ""
+            self.cwd = decode(body[4:]) or "" if body.startswith(b"cwd=") else ""
         elif kind == b"PROCTITLE":
             self.title = proctitle(fields(body).get("proctitle", b""))
 
