@@ -14,6 +14,7 @@ from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
 from orchestrator.security import access
+from orchestrator.security import audit_jobs
 from orchestrator.security import harden as guard_harden
 from orchestrator.security import jobs as guard_jobs
 
@@ -247,6 +248,23 @@ def harden(c, hosts="", host=None, image=None, dry=False):
     run_task(c, "harden", lambda run: guard_harden.harden(run, words, image))
 
 
+@task(name="audit-report", positional=["host"], auto_shortflags=False, help={
+    "host": "one host from fleet.hosts, or 'local' with --file",
+    "auid": "only this login uid (ausearch -ul); default: every one, each apart",
+    "since": "from: 1h, 2d, 1w, an ISO time (UTC unless it has an offset), recent, today, boot, this-week, ...",
+    "json": "also write the report as JSON to this file",
+    "log": "a log file on the host instead of the logs auditd.conf names (ausearch -if)",
+    "file": "a log file on this box (HOST: local)",
+    "top": "entries per list (default 20)",
+})
+def audit_report(c, host, auid=None, since=None, json=None, log=None, file=None, top=20):
+    """System calls, commands executed and files opened per login uid, from a host's audit log (ausearch --raw,
+    streamed over SSH), like the seed's auditloginfo. A log on this box: `inv audit-report local --file LOG`."""
+    run_task(c, "audit-report", lambda run: audit_jobs.audit_report(
+        run, host, auid=None if auid is None else int(auid), since=since, json_path=json, log=log, file=file,
+        top=int(top)), locked=False)
+
+
 guard = Collection("guard")
 guard.add_task(guard_render)
 
@@ -257,5 +275,5 @@ catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
 ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
-                bootcfg, ami, fleet, guard, knock, ssh, harden)
+                bootcfg, ami, fleet, guard, knock, ssh, harden, audit_report)
 ns.configure(config.defaults())

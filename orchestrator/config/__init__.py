@@ -20,6 +20,7 @@ Rooms:
 Everything other modules import is importable from ``orchestrator.config``.
 """
 
+from .audit import AuditConfig
 from .backup import (
     LEVELS,
     MIN_STORAGE_DAYS,
@@ -57,7 +58,7 @@ from .validator import (
 )
 
 __all__ = [
-    "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
+    "AuditConfig", "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "Ec2Config",
     "EncryptionConfig", "Fail2banConfig", "FirewallConfig", "FleetConfig", "GeneralConfig", "GuardConfig", "GuardImage", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig", "Knock", "KnockConfig",
     "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig", "Size", "SourceConfig",

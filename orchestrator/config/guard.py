@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
 from ..errors import ConfigError
+from .audit import AuditConfig
 from .validator import Between, Cidr, Port, check_unique_names
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -252,6 +253,7 @@ class GuardImage:
     fail2ban: Fail2banConfig = field(default_factory=Fail2banConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     loginuid: LoginuidConfig = field(default_factory=LoginuidConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)  # audit.rules (config/audit.py)
 
     def check(self, key: str) -> None:
         plain_text(self.name, f"{key}.name")

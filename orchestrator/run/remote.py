@@ -37,6 +37,8 @@ FORWARD_JOIN = 5.0
 KILL_GRACE = 5.0  # seconds a remote command gets between SIGTERM and SIGKILL
 KILL_TIMEOUT = 20.0  # the most the kill of remote commands may take, connecting included
 MARKER_WAIT = 2.0  # how long an abort waits for a just-started command to say its process group
+LINE_CHUNK = 256 * 1024  # stream_lines: bytes read from the channel at once
+LINE_POLL = 0.5  # stream_lines: how often a reader waiting for stdout drains stderr
 
 # Stops remote process groups: SIGTERM to each, SIGKILL to those still there after $1 tenths of a second.
 # Its arguments are numbers we parsed ourselves. No "--" before "-PGID": busybox ash and dash refuse it.
@@ -356,6 +358,40 @@ class RemoteTarget(Target):
             finally:
                 channel.close()
 
+    @contextmanager
+    def stream_lines(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                     ok: Sequence[int] = (0,)) -> Iterator[Iterator[bytes]]:
+        """Run ``argv`` on the host and yield an iterator over its stdout, one line (bytes, with its newline)
+        at a time, as it arrives: memory holds one read chunk, however much the command prints.
+
+        For output too large for ``run`` (invoke's runner keeps all of it). On a raw paramiko channel;
+        stderr is read alongside (so it cannot stall stdout) and only its tail kept. After the block, an exit
+        status not in ``ok`` raises ``CommandError`` with that tail; leaving the block early (an error, a
+        consumer that stops, Ctrl-C) or ``abort()`` kills the command on the host like ``run`` does.
+        Under ``--dry`` it runs too: it is for read-only commands.
+        """
+        token = uuid.uuid4().hex[:16]
+        command = killable_command(remote_command(list(argv), env=env), token)
+        with self._lock:
+            self._check_aborted()
+            self._running[token] = None
+        reader = None
+        try:
+            with self._ssh_errors(f"running {argv[0]}"), self._killed_unless_finished(token):
+                channel = self.connection.transport.open_session(timeout=self.connect_timeout)
+                reader = _ChannelLines(channel, _marker(token), lambda group: self._started(token, group))
+                channel.exec_command(command)
+                channel.shutdown_write()
+                yield reader.lines()
+                status = reader.finish()
+        finally:
+            if reader is not None:
+                reader.channel.close()
+        if self._aborted and status < 0:
+            raise Interrupted(f"{self.describe()}: aborted while running {argv[0]}")
+        if status not in ok:
+            raise CommandError(list(argv), status, reader.stderr_tail(), self.describe())
+
     def put(
         self, local_path: str | os.PathLike, remote_path: str | os.PathLike, *, mutates: bool = True
     ) -> None:
@@ -581,6 +617,71 @@ class _ExactRemote(Remote):
 
     def decode(self, data: bytes) -> str:
         return data.decode(self.encoding, "surrogateescape")
+
+
+class _ChannelLines:
+    """Lines of a paramiko channel's stdout, stderr drained alongside into a short tail.
+
+    The channel's window is shared by both streams: a reader blocked on stdout while the command fills
+    stderr would wait forever, so reads time out every ``LINE_POLL`` seconds to drain stderr. The first
+    stderr line is ``killable_command``'s process group marker, passed to ``on_group``.
+    """
+
+    def __init__(self, channel, marker: bytes, on_group: Callable[[int], None]):
+        self.channel = channel
+        self.marker = marker
+        self.on_group = on_group
+        self.err = b""
+        self.tail: deque[bytes] = deque(maxlen=STREAM_TAIL_LINES)
+        channel.settimeout(LINE_POLL)
+
+    def lines(self) -> Iterator[bytes]:
+        partial = b""
+        while True:
+            try:
+                data = self.channel.recv(LINE_CHUNK)
+            except socket.timeout:
+                self._drain_stderr()
+                continue
+            if not data:
+                break
+            self._drain_stderr()
+            *complete, partial = (partial + data).split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if partial:
+            yield partial
+
+    def finish(self) -> int:
+        """Wait for the command's end (what is left of stdout discarded, stderr read to its end); its exit
+        status, -1 when the channel closed under it."""
+        for _ in self.lines():
+            pass
+        self.channel.settimeout(None)
+        while True:
+            data = self.channel.recv_stderr(LINE_CHUNK)
+            if not data:
+                break
+            self._keep(data)
+        self._keep(b"\n")
+        return self.channel.recv_exit_status()
+
+    def _drain_stderr(self) -> None:
+        while self.channel.recv_stderr_ready():
+            self._keep(self.channel.recv_stderr(LINE_CHUNK))
+
+    def _keep(self, data: bytes) -> None:
+        *complete, self.err = (self.err + data).split(b"\n")
+        for line in complete:
+            if self.marker is not None and line.startswith(self.marker) and line[len(self.marker):].isdigit():
+                self.on_group(int(line[len(self.marker):]))
+            elif line:
+                self.tail.append(line)
+            self.marker = None
+        self.err = self.err[-LINE_CHUNK:]
+
+    def stderr_tail(self) -> str:
+        return b"\n".join(self.tail).decode("utf-8", "surrogateescape")
 
 
 class _StreamEcho:
