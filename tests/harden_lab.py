@@ -5,10 +5,16 @@ and ``/run`` are overlays on this machine's: everything ``inv harden`` writes ov
 jail.local, rules-save, the dead-man switch's jobs) and every daemon's pid file and socket land in the
 lab's upper directories (``LabHost.path``), never in this machine's own. The firewall is the namespace's.
 
-OpenRC cannot run here, so ``/usr/local/sbin`` (first on root's PATH) holds two small stand-ins:
+OpenRC cannot run here, so ``/usr/local/sbin`` (first on root's PATH) holds small stand-ins:
 ``rc-service NAME start|stop|restart|status`` runs the real knockd, fwknopd and fail2ban-server, and
 ``rc-update add NAME default`` makes the ``/etc/runlevels/default/NAME`` link OpenRC's would. Every
 process they start is in the namespace, so it goes with it (``netns_lab`` kills the namespace's pids).
+
+The kernel's audit is not namespaced: rules loaded in a test would be this machine's. So ``augenrules``
+and ``auditctl`` are stand-ins too: ``augenrules --load`` runs the real augenrules WITHOUT ``--load``
+(it only merges rules.d into the lab's /etc/audit/audit.rules) and then "loads" the merged rule lines
+into a file, the lab's kernel; ``auditctl -l`` lists that file ("No rules" when empty), ``-s`` says
+``enabled 2`` once a loaded file held ``-e 2`` (or ``/run/lab-audit-locked`` exists), else 1.
 """
 
 from __future__ import annotations
@@ -63,6 +69,25 @@ case $action in
 esac
 """
 
+AUGENRULES = r"""#!/bin/sh
+# The harden lab's augenrules: the real one merges (never --load: that would be this machine's kernel).
+[ "$1" = --load ] || { echo "lab augenrules: only --load" >&2; exit 1; }
+[ -e /run/lab-audit-locked ] && { echo "lab augenrules: rules are locked" >&2; exit 1; }
+/usr/sbin/augenrules >/dev/null || exit 1
+grep -E '^-(a|A|w) ' /etc/audit/audit.rules > /run/lab-audit.loaded || true
+grep -qE '^-e 2' /etc/audit/audit.rules && : > /run/lab-audit-locked
+exit 0
+"""
+
+AUDITCTL = r"""#!/bin/sh
+# The harden lab's auditctl: answers -l and -s from the lab's "kernel" (files under /run); nothing else.
+case $1 in
+    -l) if [ -s /run/lab-audit.loaded ]; then cat /run/lab-audit.loaded; else echo "No rules"; fi ;;
+    -s) if [ -e /run/lab-audit-locked ]; then echo "enabled 2"; else echo "enabled 1"; fi ;;
+    *) echo "lab auditctl: only -l and -s" >&2; exit 1 ;;
+esac
+"""
+
 RC_UPDATE = r"""#!/bin/sh
 # The harden lab's stand-in for OpenRC's rc-update add NAME RUNLEVEL: the runlevel link, as OpenRC makes it.
 [ "$1" = add ] || { echo "rc-update: only add" >&2; exit 1; }
@@ -102,7 +127,8 @@ def lab_host(tmp: Path, files: dict[str, str] | None = None) -> Iterator[LabHost
         (lab / "upper" / path.lstrip("/")).write_text(text)
     sbin = lab / "sbin"
     sbin.mkdir()
-    for name, text in (("rc-service", RC_SERVICE), ("rc-update", RC_UPDATE)):
+    stand_ins = {"rc-service": RC_SERVICE, "rc-update": RC_UPDATE, "augenrules": AUGENRULES, "auditctl": AUDITCTL}
+    for name, text in stand_ins.items():
         (sbin / name).write_text(text)
         (sbin / name).chmod(0o755)
     wrap = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", MOUNTS, "sh", str(lab)]

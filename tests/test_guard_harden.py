@@ -257,3 +257,26 @@ def test_services_are_the_init_systems_own_commands_with_gentoos_names(tmp_path)
     assert systemd.restart("fail2ban") == ["systemctl", "restart", "fail2ban-ssh"]
     assert systemd.enable("nft") == ["systemctl", "enable", "--quiet", "nftables-restore"]
     assert systemd.status("knockd") == ["systemctl", "is-active", "--quiet", "knockd"]
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["loaded", "locked"])
+def test_audit_rules_are_loaded_and_counted_or_left_for_the_next_boot(tmp_path, locked):
+    """The lab's augenrules/auditctl stand in for the kernel's audit (never this machine's: see harden_lab)."""
+    early = {"/etc/audit/rules.d/70-everything.rules": "-a always,exit -F arch=b64 -S all -F auid=7005 -k x\n"}
+    if locked:
+        early["/run/lab-audit-locked"] = ""
+    with lab_host(tmp_path, early) as lab:
+        cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"], audit={"enabled": True})])
+        code, output, report = run_harden(cfg, ["web1"])
+        host = report["summary"]["hosts"]["web1"]
+        rules = sorted(p.name for p in lab.path("/etc/audit/rules.d").iterdir() if not p.name.startswith("."))
+        assert rules == ["10-base-config.rules", "30-main.rules", "31-privileged.rules", "40-exec.rules"]
+        if locked:
+            assert code == 75 and host["status"] == "pending" and host["audit"]["loaded"] == "locked (-e 2)"
+            assert "they load at the next boot; everything else is kept" in output
+        else:
+            assert code == 0, output
+            assert host["audit"]["loaded"] == host["audit"]["expected"] > 10
+            loaded = lab.path("/run/lab-audit.loaded").read_text()
+            assert "-S execve" in loaded and "auid=7005" not in loaded  # the stale everything rule went
+        no_sshd_session_left(lab.net.server)

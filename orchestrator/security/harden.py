@@ -21,6 +21,10 @@ Per image, once, on this box: the secrets (a one-time list refilled), the files 
    answer, and its status per jail is read back. fail2ban cannot lock the admin out, so it is not under
    the switch; its failure still fails the host. Last, the login uid is read on a new connection: a
    host where ``/proc/self/loginuid`` is still unset (sshd with ``UsePAM no``) is reported.
+5. **audit** (``audit.enabled``): the image's ``/etc/audit/rules.d`` files (parsed by auditctl on this box
+   first), our files the config no longer makes removed, ``augenrules --load``, and ``auditctl -l`` must
+   hold exactly the rules the files make ("No rules" fails: augenrules stops at the first bad line). A
+   host whose rules are locked (``-e 2``) gets the files and is ``pending``: they load at its next boot.
 
 Every run goes through the switch, even when nothing changed: the rules are loaded again and the way in is
 proven by a new connection. That also clears knockd's open windows (established sessions stay).
@@ -36,7 +40,7 @@ from typing import Any
 
 from ..config import HostConfig
 from ..config.guard import GuardImage
-from ..errors import ConfigError, OrchestratorError
+from ..errors import EXIT_NOT_READY, ConfigError, OrchestratorError
 from ..faults import crash_point
 from ..fleet.hosts import connect, select_hosts
 from ..fleet.runner import run_on_hosts
@@ -44,11 +48,15 @@ from ..job import JobRun
 from ..run import Target
 from . import access, render as r
 from .deadman import Undo, apply_with_deadman
+from .audit_rules import (FINALIZE, RULES_D, audit_warnings, check_loaded, enabled_state, expected_rule_count,
+                          render_audit, stale_paths)
+from .audit_validate import validate_audit
 from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
 from .secrets import load_or_create, mark_one_time_deployed
 from .validate import validate_image
 
 FAIL2BAN_FILES = (r.JAIL_LOCAL, r.DIGEST_CRON)
+OK_STATUSES = ("hardened", "unchanged", "planned")
 FAIL2BAN_UP_S = 30  # fail2ban-client answers "pong" once the server and its jails are up
 
 FACTS = r"""
@@ -63,6 +71,12 @@ for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || say missing "$tool"; 
 """
 
 
+class AuditPending(OrchestratorError):
+    """Every host kept its guard, but some hold audit rules that only their next boot loads (``-e 2``)."""
+
+    exit_code = EXIT_NOT_READY
+
+
 @dataclass(frozen=True)
 class ImagePlan:
     """One image's rendered, validated files: the daemons' (uploaded under the switch) and the rules."""
@@ -74,7 +88,12 @@ class ImagePlan:
     @property
     def guard_files(self) -> dict[str, r.RenderedFile]:
         """knockd's or fwknopd's files: what the switch undoes."""
-        return {path: f for path, f in self.files.items() if path not in r.FIREWALL_TOOLS and path not in FAIL2BAN_FILES}
+        return {path: f for path, f in self.files.items()
+                if path not in r.FIREWALL_TOOLS and path not in FAIL2BAN_FILES and not _is_audit(path)}
+
+    @property
+    def audit_files(self) -> dict[str, r.RenderedFile]:
+        return {path: f for path, f in self.files.items() if _is_audit(path)}
 
     @property
     def fail2ban_files(self) -> dict[str, r.RenderedFile]:
@@ -97,15 +116,16 @@ class ImagePlan:
 class Outcome:
     host: str
     image: str
-    status: str  # hardened | unchanged | reverted | failed | planned
+    status: str  # hardened | unchanged | pending | reverted | failed | planned
     message: str = ""
     changed: list[str] = field(default_factory=list)
     jails: dict[str, dict[str, int]] = field(default_factory=dict)
     loginuid: dict[str, Any] = field(default_factory=dict)
+    audit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status in ("hardened", "unchanged", "planned")
+        return self.status in OK_STATUSES
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in ("", [], {})}
@@ -202,8 +222,14 @@ def plan_image(run: JobRun, image: GuardImage) -> ImagePlan:
         run.report.warnings.append(warning)
     files = r.render_image(image, secrets)
     passed = validate_image(image, secrets, files, key=key)
-    run.echo(f"image {image.name}: {len(files)} files validated ({', '.join(passed)})")
-    return ImagePlan(image, key, files)
+    audit_files = render_audit(image)
+    if audit_files:
+        for warning in audit_warnings(image):
+            run.progress.warn(f"image {image.name}: {warning}")
+        validate_audit(image, audit_files, key)
+        passed.append(f"audit ({expected_rule_count(audit_files)} rules parsed by auditctl)")
+    run.echo(f"image {image.name}: {len(files) + len(audit_files)} files validated ({', '.join(passed)})")
+    return ImagePlan(image, key, {**files, **audit_files})
 
 
 # --- one host ------------------------------------------------------------------------------
@@ -249,7 +275,41 @@ def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) 
                      touched, jails)
     if login:
         _loginuid_report(run, host, login[0], result)
+    if plan.audit_files and result.status != "failed":
+        _audit(target, host, plan, result)
     return result
+
+
+def _is_audit(path: str) -> bool:
+    return path.startswith(RULES_D + "/")
+
+
+def _audit(target: Target, host: HostConfig, plan: ImagePlan, result: Outcome) -> None:
+    """The rules files, our stale ones gone, then loaded and counted; a locked host gets them for its next boot."""
+    changed = [path for path, f in sorted(plan.audit_files.items()) if target.replace_file(path, f.text, mode=f.mode)]
+    for path in stale_paths(plan.image):
+        if path != FINALIZE and target.read_file(path) is not None:  # -e 2 is the kernel deploy's, for its reboot
+            target.run(["rm", "-f", "--", path])
+            changed.append(path)
+    result.changed += changed
+    if changed and result.status == "unchanged":
+        result.status = "hardened"
+    expected = expected_rule_count(plan.audit_files)
+    if enabled_state(target.run(["auditctl", "-s"], mutates=False).stdout) == 2:
+        result.audit = {"expected": expected, "loaded": "locked (-e 2)"}
+        result.status = "pending"
+        result.message += f"; audit: the host's rules are locked (-e 2): the {expected} rules load at its next boot"
+        return
+    try:
+        target.run(["augenrules", "--load"])
+        loaded = check_loaded(target.run(["auditctl", "-l"], mutates=False).stdout, expected, where=host.name)
+    except OrchestratorError as exc:
+        result.audit = {"expected": expected, "loaded": "failed"}
+        result.status = "failed"
+        result.message += f"; audit: {exc}"
+        return
+    result.audit = {"expected": expected, "loaded": loaded}
+    result.message += f"; audit: {loaded} rules loaded"
 
 
 def _pam_texts(target: Target, image: GuardImage) -> dict[str, str]:
@@ -311,6 +371,8 @@ def _host_tools(image: GuardImage) -> list[str]:
             [r.DEFAULT_FACTS["iptables"], r.DEFAULT_FACTS["ip6tables"]]  # what knockd's commands name
     elif image.guard == "fwknop":
         tools.append("fwknopd")
+    if image.audit.enabled:
+        tools += ["augenrules", "auditctl"]
     return tools
 
 
@@ -443,13 +505,17 @@ def summarize(run: JobRun, outcomes: Mapping[str, Outcome], failures: Mapping[st
         run.echo(line) if o.ok else run.progress.warn(line)
     failed = {n: o.message for n, o in outcomes.items() if o.status == "failed"} | dict(failures)
     reverted = sorted(n for n, o in outcomes.items() if o.status == "reverted")
-    for status in ("hardened", "unchanged", "planned"):
+    pending = sorted(n for n, o in outcomes.items() if o.status == "pending")
+    for status in (*OK_STATUSES, "pending"):
         run.report.summary[status] = sum(o.status == status for o in outcomes.values())
     run.report.summary["reverted"], run.report.summary["failed"] = len(reverted), len(failed)
     parts = ([f"failed on {'; '.join(f'{n}: {why}' for n, why in sorted(failed.items()))}"] if failed else []) + \
         ([f"reverted on {', '.join(reverted)} (the old rules and files are back, proven)"] if reverted else [])
     if parts:
         raise OrchestratorError(f"harden: {'; '.join(parts)}")
+    if pending:
+        raise AuditPending(f"harden: audit rules not loaded yet on {', '.join(pending)} (locked with -e 2): "
+                           "they load at the next boot; everything else is kept")
 
 
 __all__ = ["ImagePlan", "Outcome", "Services", "fail2ban_status", "harden", "harden_host", "plan_image"]
