@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
 from ..errors import ConfigError
+from .syslog import SyslogConfig
 from .validator import Between, Cidr, Port, check_unique_names
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -221,6 +222,7 @@ class GuardImage:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     fail2ban: Fail2banConfig = field(default_factory=Fail2banConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)  # rsyslog -> MariaDB (section logs)
 
     def check(self, key: str) -> None:
         plain_text(self.name, f"{key}.name")
