@@ -51,7 +51,9 @@ class SyslogConfig:
     first render) is read by rsyslog from ``password_file`` (mode 0600). Messages wait out a database
     outage in a disk-assisted queue under ``queue_dir``, at most ``queue_max_disk`` on disk.
     ``queue_batch``: messages per INSERT transaction; also what rsyslog 8.2302 loses when it is stopped
-    while the database is down (the batch being retried), so 1 by default.
+    while the database is down (the batch being retried), so 1 by default. ``queue_size``: messages held in
+    memory before the queue spills to disk; rsyslog 8.2302 stopped during an outage with 100000 here lost the
+    newest messages (not written to the queue file), with 1000 it did not.
     """
 
     enabled: bool = False
@@ -62,7 +64,7 @@ class SyslogConfig:
     password_file: str = "/etc/rsyslog-ommysql.pwd"
     queue_dir: str = "/var/spool/rsyslog"
     queue_max_disk: Size = Size(1024**3)
-    queue_size: Annotated[int, Between(100, 10_000_000)] = 100_000
+    queue_size: Annotated[int, Between(100, 1_000_000)] = 1000  # in memory; beyond 90% spills to disk
     queue_batch: Annotated[int, Between(1, 1024)] = 1
     resume_interval: Annotated[int, Between(1, 3600)] = 10
 

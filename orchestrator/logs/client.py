@@ -46,7 +46,7 @@ class Client:
     def __init__(self, target: Target, logs: LogsConfig, scrub: Iterable[str] = ()):
         self.target = target
         self.logs = logs
-        self.scrub = [word for word in scrub if word]
+        self.scrub = [form for word in scrub if word for form in (word, word.encode().hex())]
 
     def query(self, sql: str, *, raw: bool = False) -> list[str]:
         """Read-only SQL (runs under ``--dry`` too); the output lines."""

@@ -55,7 +55,7 @@ def select_sql(logs: LogsConfig, filters: Filters) -> str:
     if filters.since:
         where.append(since_condition(filters.since))
     if filters.grep:
-        where.append(f"Message REGEXP {literal(filters.grep)}")
+        where.append(f"TRIM(LEADING ' ' FROM Message) REGEXP {literal(filters.grep)}")  # ^ at the message's start
     row = ", ".join(f"'{c}', {c}" for c in COLUMNS)
     table = f"{identifier(logs.database)}.{identifier('SystemEvents')}"
     return (f"SELECT j FROM (SELECT ID, JSON_OBJECT({row}) AS j FROM {table} WHERE {' AND '.join(where)} "

@@ -17,7 +17,7 @@ from ..errors import ConfigError, OrchestratorError
 from ..job import JobRun
 from ..security.secrets import Secret
 from .client import Client, identifier, literal, log_server
-from .passwords import password_for
+from .passwords import PASSWORD, password_for
 
 TABLES = ("SystemEvents", "SystemEventsProperties")
 INSERT_TABLE = "SystemEvents"  # ommysql's default template (StdDBFmt) writes only here
@@ -50,6 +50,15 @@ def literal_quoted(value: str) -> str:
     return "'" + value + "'"
 
 
+def password_literal(password: Secret) -> str:
+    """``IDENTIFIED BY`` takes a plain string literal only; our passwords are letters, digits, - and _ (checked)."""
+    text = password.reveal()
+    if not PASSWORD.fullmatch(text):
+        raise OrchestratorError("a stored database password holds characters other than letters, digits, - and _; "
+                                "delete it from logs.passwords_file to have a new one made")
+    return f"'{text}'"
+
+
 @dataclass
 class Facts:
     database: bool = False
@@ -75,7 +84,7 @@ def probe(client: Client, logs: LogsConfig, wanted: list[Account]) -> Facts:
            f"SELECT 'table', TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {db};"]
     for account in wanted:
         sql.append(f"SELECT 'account', {literal(account.grantee)}, authentication_string = "
-                   f"PASSWORD({literal(account.password.reveal())}) FROM mysql.user "
+                   f"PASSWORD({password_literal(account.password)}) FROM mysql.user "
                    f"WHERE User = {literal(account.user)} AND Host = {literal(account.host)};")
     grantees = ", ".join(literal(a.grantee) for a in wanted) or "''"
     sql += [f"SELECT 'priv', GRANTEE, PRIVILEGE_TYPE, '*', '*' FROM information_schema.USER_PRIVILEGES "
@@ -108,7 +117,7 @@ def plan(logs: LogsConfig, facts: Facts, wanted: list[Account]) -> list[tuple[st
         steps.append((f"create tables {', '.join(missing)} (rsyslog's schema)", f"USE {db};\n{schema()}"))
     insert_only = {f"INSERT on {logs.database}.{INSERT_TABLE}"}
     for account in wanted:
-        password = literal(account.password.reveal())
+        password = password_literal(account.password)
         if account.grantee not in facts.accounts:
             steps.append((f"create user {account.grantee} (images {', '.join(account.images)})",
                           f"CREATE USER {account.name} IDENTIFIED BY {password};"))
