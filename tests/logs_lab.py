@@ -6,7 +6,8 @@
   process group, stopped on every path). ``root`` talks to it over the socket with argv lists, SQL on stdin.
 * ``Rsyslog``: ``rsyslogd -n`` with a main config of ours: imuxsock on a test socket (rate limit off),
   its own work directory and pid file, and our rendered snippet included; ``send`` writes datagrams to that
-  socket (a full socket blocks the sender, so nothing is dropped on our side).
+  socket (a full socket blocks the sender, so nothing is dropped on our side); every message also goes to
+  ``all.log`` by omfile, which ``taken`` uses as a barrier (and the bench as a baseline).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ global(workDirectory="{work}")
 module(load="imuxsock" SysSock.Use="off")
 input(type="imuxsock" Socket="{sock}" RateLimit.Interval="0" CreatePath="on")
 include(file="{snippet}")
+action(type="omfile" file="{all}")
 """
 
 
@@ -99,10 +101,12 @@ class Rsyslog:
         self.work.mkdir(parents=True, exist_ok=True)
         self.sock = root / "log.sock"
         self.conf = root / "rsyslog.conf"
-        self.conf.write_text(main.format(work=self.work, sock=self.sock, snippet=snippet))
+        self.all = root / "all.log"
+        self.conf.write_text(main.format(work=self.work, sock=self.sock, snippet=snippet, all=self.all))
         self.log = root / "rsyslogd.log"
         self._run = ExitStack()
         self._out: socket.socket | None = None
+        self._markers = 0
 
     def check(self) -> subprocess.CompletedProcess:
         return subprocess.run(["rsyslogd", "-N1", "-f", str(self.conf)], capture_output=True, text=True, timeout=60)
@@ -128,13 +132,22 @@ class Rsyslog:
         for message in messages:
             self._out.send(f"<{facility_severity}>{tag}: {message}".encode())
 
+    def taken(self, tag: str = "barrier") -> None:
+        """Until rsyslogd's main queue has handed every message sent so far to the actions: a marker sent now
+        reaches ``all.log`` (one worker, in order) only after every earlier message was enqueued for ommysql."""
+        marker = f"{tag}-{id(self)}-{self._markers}"
+        self._markers += 1
+        self.send(tag, [marker])
+        wait_until(lambda: self.all.exists() and marker in self.all.read_text(errors="replace"),
+                   f"rsyslogd wrote {marker} to all.log", poll=0.02)
+
     def close(self) -> None:
         self.down()
 
 
-def rows_reach(db: MariaDB, where: str, count: int, timeout: float = 60) -> None:
+def rows_reach(db: MariaDB, where: str, count: int, timeout: float = 60, what=lambda: "") -> None:
     """Until ``count`` rows match ``where`` (an event: the rows are there), or fail naming how many came."""
-    wait_until(lambda: db.count(where) >= count, lambda: f"{db.count(where)} of {count} rows where {where}",
+    wait_until(lambda: db.count(where) >= count, lambda: f"{db.count(where)} of {count} rows where {where} {what()}",
                timeout=timeout, poll=0.1)
 
 

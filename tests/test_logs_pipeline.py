@@ -152,7 +152,8 @@ def test_messages_land_and_wait_out_a_database_outage(ready, db):
 
 def test_rsyslogd_restarted_during_an_outage_loses_at_most_one_batch(ready, db):
     """rsyslog 8.2302 saves its queue when stopped, but drops the batch it is retrying (fixed upstream in 8.2606):
-    with ``queue_batch: 1`` that is one message per stop during an outage, the first one sent after it began."""
+    with ``queue_batch: 1`` that is one message per stop during an outage, the first one sent after it began.
+    (Messages not yet read from the socket when rsyslogd stops are another matter: ``taken`` waits them in.)"""
     rs = ready.rsyslog("restart")
     rs.up()
     try:
@@ -162,6 +163,7 @@ def test_rsyslogd_restarted_during_an_outage_loses_at_most_one_batch(ready, db):
         try:
             rs.send("restart", [f"r{i}" for i in range(200)])
             wait_until(lambda: "Can't connect" in rs.log.read_text(errors="replace"), "rsyslogd saw the outage")
+            rs.taken()  # all 200 are in ommysql's queue, none still in the socket or the main queue
             rs.down()
             saved = list(Path(ready.root / "queue").glob("ommysql_web*.qi"))
             assert saved, "the queue was not saved to disk at shutdown"
@@ -170,12 +172,17 @@ def test_rsyslogd_restarted_during_an_outage_loses_at_most_one_batch(ready, db):
             db.up()
         rs.send("marker", ["after restart"])
         rows_reach(db, "SysLogTag='marker:'", 1)
-        rows_reach(db, "SysLogTag='restart:'", 199)
+        rows_reach(db, "SysLogTag='restart:'", 199, what=lambda: f"missing {missing(db, 200)[:20]}")
     finally:
         rs.down()
     got = db.root_sql("SELECT trim(Message) FROM SystemEvents WHERE SysLogTag='restart:';", "Syslog").split()
     assert len(got) == len(set(got)) and len(got) >= 199  # the bound: queue_batch (1) message
     assert set(f"r{i}" for i in range(1, 200)) <= set(got)  # only the first one sent may be missing
+
+
+def missing(db, sent: int) -> list[str]:
+    got = set(db.root_sql("SELECT trim(Message) FROM SystemEvents WHERE SysLogTag='restart:';", "Syslog").split())
+    return [f"r{i}" for i in range(sent) if f"r{i}" not in got]
 
 
 def test_inv_logs_filters_and_quoting(ready, db):
@@ -204,7 +211,7 @@ def test_inv_logs_filters_and_quoting(ready, db):
     code, out = ready.run("logs", lambda run: lq.show(run, lq.Filters(since="2000-01-01", grep="with tab")))
     assert "line#011with tab" in out and "rows: 1" in out  # rsyslog escapes control characters on receipt
     code, out = ready.run("logs", lambda run: lq.show(run, lq.Filters(since="soon")))
-    assert code == 2 and out.strip().splitlines()[-1].startswith("--since:")
+    assert code == 2 and out.strip().splitlines()[-1] == "error: --since: 'soon' is not a duration like 1h or 2d, nor a date like 2026-11-27T10:00"
 
 
 def test_inv_logs_through_invoke(ready, tmp_path):

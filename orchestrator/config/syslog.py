@@ -52,8 +52,7 @@ class SyslogConfig:
     outage in a disk-assisted queue under ``queue_dir``, at most ``queue_max_disk`` on disk.
     ``queue_batch``: messages per INSERT transaction; also what rsyslog 8.2302 loses when it is stopped
     while the database is down (the batch being retried), so 1 by default. ``queue_size``: messages held in
-    memory before the queue spills to disk; rsyslog 8.2302 stopped during an outage with 100000 here lost the
-    newest messages (not written to the queue file), with 1000 it did not.
+    memory (rsyslog's default, 1000) before the queue spills to disk, so a long outage is on disk early.
     """
 
     enabled: bool = False
