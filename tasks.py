@@ -13,6 +13,8 @@ from orchestrator.job import execute, run_task
 from orchestrator.kernel import ami as kernel_ami
 from orchestrator.kernel import build as kernel_build
 from orchestrator.kernel import deploy_jobs
+from orchestrator.logs import query as logs_query
+from orchestrator.logs import setup as logs_setup
 from orchestrator.security import access
 from orchestrator.security import audit_jobs
 from orchestrator.security import harden as guard_harden
@@ -265,6 +267,30 @@ def audit_report(c, host, auid=None, since=None, json=None, log=None, file=None,
         top=int(top)), locked=False)
 
 
+@task(name="setup", help={"dry": "probe the log server and say what would change; change nothing"})
+def logs_setup_task(c, dry=False):
+    """Create the Syslog database with rsyslog's schema and one INSERT-only user per image (idempotent)."""
+    c.config.run.dry = dry or c.config.run.dry
+    run_task(c, "logs-setup", logs_setup.setup)
+
+
+@task(name="show", default=True, auto_shortflags=False, help={
+    "host": "only rows from this host (FromHost, as the host's rsyslog names itself)",
+    "since": "only rows received since: 30m, 1h, 2d, 1w, or a date/time like 2026-11-27T10:00",
+    "grep": "only rows whose message matches this regular expression (MariaDB REGEXP)",
+    "limit": "at most this many rows, the newest (default 50)",
+    "json": "one JSON object per row instead of a table",
+})
+def logs_show(c, host="", since="", grep="", limit=50, json=False):
+    """Show syslog rows from the log server's SystemEvents: `inv logs --host web1 --since 1h --grep sshd`."""
+    filters = logs_query.Filters(host, since, grep, int(limit))
+    run_task(c, "logs", lambda run: logs_query.show(run, filters, json), locked=False)
+
+
+logs = Collection("logs")
+logs.add_task(logs_show)
+logs.add_task(logs_setup_task)
+
 guard = Collection("guard")
 guard.add_task(guard_render)
 
@@ -275,5 +301,5 @@ catalog = Collection("catalog")
 catalog.add_task(rebuild)
 catalog.add_task(reconcile)
 ns = Collection(backup, restore, verify, prune, catalog, binhost, build_kernel, deploy_kernel, rollback_kernel,
-                bootcfg, ami, fleet, guard, knock, ssh, harden, audit_report)
+                bootcfg, ami, fleet, guard, knock, ssh, harden, audit_report, logs)
 ns.configure(config.defaults())

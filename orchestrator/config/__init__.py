@@ -11,7 +11,7 @@ Rooms:
 * ``validator``: the validator (``_build``/``_coerce``) and the value types
   (``Size``, ``Port``, ``Cidr``, ``Between`` ranges), ``human_size``;
 * one module per section: ``general`` (``orchestrator``), ``backup``, ``binhost``, ``kernel``,
-  ``ec2``, ``fleet``, ``guard``;
+  ``ec2``, ``fleet``, ``guard`` (its images' ``syslog`` in ``syslog``), ``logs``;
   each section class checks its own cross-field rules in ``check(key)``;
 * ``sections``: the registry of our sections, their defaults for invoke, loading one;
 * ``strict``: the one layer that checks the whole merged config before a job;
@@ -40,8 +40,10 @@ from .fleet import FleetConfig, HostConfig
 from .general import GeneralConfig
 from .guard import Fail2banConfig, FirewallConfig, GuardConfig, GuardImage, Knock, KnockConfig
 from .kernel import ImageConfig, KernelConfig, SourceConfig
+from .logs import LogsConfig
 from .sections import SECTIONS, check_store, defaults, from_invoke, load_section
 from .strict import check_config
+from .syslog import SyslogConfig
 from .validator import (
     MAX_WORKERS,
     MIB,
@@ -60,8 +62,8 @@ from .validator import (
 __all__ = [
     "AuditConfig", "LEVELS", "MAX_WORKERS", "MIB", "MIN_STORAGE_DAYS", "SECTIONS", "SIZE_UNITS", "STORAGE_CLASSES",
     "BackupConfig", "Between", "BinhostConfig", "Cidr", "ClientConfig", "CompressionConfig", "Ec2Config",
-    "EncryptionConfig", "Fail2banConfig", "FirewallConfig", "FleetConfig", "GeneralConfig", "GuardConfig", "GuardImage", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig", "Knock", "KnockConfig",
+    "EncryptionConfig", "Fail2banConfig", "FirewallConfig", "FleetConfig", "GeneralConfig", "GuardConfig", "GuardImage", "HookConfig", "HostConfig", "ImageConfig", "KernelConfig", "Knock", "KnockConfig", "LogsConfig",
     "Port", "PriceConfig", "RemoteRetentionConfig", "ServeConfig", "SigningConfig", "Size", "SourceConfig",
-    "StoreConfig", "StrictConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
+    "StoreConfig", "StrictConfig", "SyslogConfig", "TcpPort", "_build", "_coerce", "adopt", "check_config", "check_store",
     "defaults", "from_invoke", "human_size", "load_section", "plain",
 ]

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from ..errors import ConfigError
 from .audit import AuditConfig
+from .syslog import SyslogConfig
 from .validator import Between, Cidr, Port, check_unique_names
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -254,6 +255,7 @@ class GuardImage:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     loginuid: LoginuidConfig = field(default_factory=LoginuidConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)  # audit.rules (config/audit.py)
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)  # rsyslog -> MariaDB (section logs)
 
     def check(self, key: str) -> None:
         plain_text(self.name, f"{key}.name")

@@ -13,6 +13,7 @@ from .fleet import FleetConfig
 from .general import GeneralConfig
 from .guard import GuardConfig
 from .kernel import KernelConfig
+from .logs import LogsConfig
 from .validator import _build, plain
 
 SECTIONS: dict[str, type] = {
@@ -23,6 +24,7 @@ SECTIONS: dict[str, type] = {
     "ec2": Ec2Config,
     "fleet": FleetConfig,
     "guard": GuardConfig,
+    "logs": LogsConfig,
 }
 
 

@@ -53,6 +53,7 @@ def check_references(sections: Mapping[str, Any]) -> None:
     """Settings of one section that name something in another: ``binhost.clients[].host`` a ``fleet.hosts`` entry."""
     sections["binhost"].check_hosts(sections["fleet"].names)
     sections["guard"].check_hosts(sections["fleet"].names, sections["fleet"].groups)
+    sections["logs"].check_hosts(sections["fleet"].names)
 
 
 def check_runtime_file(config: Any) -> None:
