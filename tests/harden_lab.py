@@ -1,9 +1,10 @@
 """A host to harden for real: an sshd in a throwaway network namespace with a private copy of the system.
 
-The sshd (``netns_lab``) starts in a mount namespace of its own where ``/etc``, ``/var/lib``, ``/var/log``
-and ``/run`` are overlays on this machine's: everything ``inv harden`` writes over SSH (knockd.conf,
-jail.local, rules-save, the dead-man switch's jobs) and every daemon's pid file and socket land in the
-lab's upper directories (``LabHost.path``), never in this machine's own. The firewall is the namespace's.
+The sshd (``netns_lab``) starts in a mount namespace of its own where ``/etc``, ``/var/lib``, ``/var/log``,
+``/var/spool``, ``/run`` and ``/dev`` are overlays on this machine's: everything ``inv harden`` writes over
+SSH (knockd.conf, jail.local, rules-save, the dead-man switch's jobs, rsyslog's queue) and every daemon's
+pid file and socket (rsyslog's ``/dev/log`` too) land in the lab's upper directories (``LabHost.path``),
+never in this machine's own. The firewall is the namespace's.
 
 OpenRC cannot run here, so ``/usr/local/sbin`` (first on root's PATH) holds small stand-ins:
 ``rc-service NAME start|stop|restart|status`` runs the real knockd, fwknopd and fail2ban-server, and
@@ -26,12 +27,12 @@ from pathlib import Path
 
 from netns_lab import SSH_PORT, NetnsHost, netns_host
 
-OVERLAID = ("etc", "var/lib", "var/log", "run")
+OVERLAID = ("etc", "var/lib", "var/log", "var/spool", "run", "dev")
 
 MOUNTS = r"""
 set -e
 lab=$1; shift
-for d in etc var/lib var/log run; do
+for d in etc var/lib var/log var/spool run dev; do
     mount -t overlay overlay -o "lowerdir=/$d,upperdir=$lab/upper/$d,workdir=$lab/work/$d" "/$d"
 done
 mount --bind "$lab/sbin" /usr/local/sbin
@@ -48,6 +49,7 @@ start() {
         knock) knockd -d -c /etc/knockd.conf -p "$pidfile" ;;
         fwknopd) fwknopd -p "$pidfile" ;;
         fail2ban) fail2ban-client -x start >/dev/null && sed -n 1p /run/fail2ban/fail2ban.pid > "$pidfile" ;;
+        rsyslog) rsyslogd -i "$pidfile" ;;
         *) echo "rc-service: no service $name" >&2; exit 1 ;;
     esac
     n=0
@@ -86,6 +88,15 @@ case $1 in
     -s) if [ -e /run/lab-audit-locked ]; then echo "enabled 2"; else echo "enabled 1"; fi ;;
     *) echo "lab auditctl: only -l and -s" >&2; exit 1 ;;
 esac
+"""
+
+# A host's own rsyslog.conf for the lab: no imklog (it would read this machine's kernel log), /dev/log in
+# the lab's own /dev, and the snippets harden installs.
+RSYSLOG_CONF = """\
+global(workDirectory="/var/spool/rsyslog")
+module(load="imuxsock")
+include(file="/etc/rsyslog.d/*.conf" mode="optional")
+*.* action(type="omfile" file="/var/log/lab-syslog")
 """
 
 RC_UPDATE = r"""#!/bin/sh

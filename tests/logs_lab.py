@@ -27,8 +27,9 @@ ADMIN = ["mariadb", "--no-defaults", "--batch", "--skip-column-names"]
 class MariaDB:
     """One scratch server: ``up()``/``down()`` any number of times on the same data."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, bind: str = "127.0.0.1"):
         self.root = root
+        self.bind = bind  # the address rsyslog reaches it on (a lab host's: our end of its veth pair)
         self.datadir = root / "data"
         self.socket = root / "db.sock"
         self.log = root / "db.err"
@@ -43,7 +44,7 @@ class MariaDB:
 
     def argv(self) -> list[str]:
         return ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-                f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.root}/db.pid",
+                f"--port={self.port}", f"--bind-address={self.bind}", "--user=root", f"--pid-file={self.root}/db.pid",
                 f"--log-error={self.log}", "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2"]
 
     def up(self) -> "MariaDB":

@@ -28,6 +28,7 @@ class NetnsHost:
     ip: str  # the namespace's side of the veth pair
     server: SshServer
     interface: str = ""  # the namespace's end of the veth pair (what a daemon inside listens on)
+    peer: str = ""  # this box's end of the veth pair (where a service of ours is reached from inside)
 
     def ns(self, *argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the namespace (its firewall tools see only its rules)."""
@@ -58,7 +59,7 @@ def netns_host(tmp: Path, wrap: Sequence[str] = (), ns_if: str = "") -> Iterator
         ip("-n", name, "link", "set", "lo", "up")
         prefix = ["ip", "netns", "exec", name, *wrap]
         with running_sshd(tmp / "sshd", listen=ns_ip, port=SSH_PORT, prefix=prefix) as srv:
-            yield NetnsHost(name, ns_ip, srv, ns_if)
+            yield NetnsHost(name, ns_ip, srv, ns_if, host_ip)
     finally:
         _remove(name, host_if)
 

@@ -15,15 +15,18 @@ import os
 import re
 import socket
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from children import finished, no_sshd_session_left, wait_until
-from harden_lab import LabHost, lab_host
+from harden_lab import RSYSLOG_CONF, LabHost, lab_host
+from logs_lab import MariaDB
 from orchestrator.faults import ENV as CRASH_ENV
 from orchestrator.faults import HARDEN_POINTS
 from orchestrator.job import execute
+from orchestrator.logs import setup as logs_setup
 from orchestrator.security import access, harden, render as r
 from orchestrator.security.deadman import normalised
 
@@ -279,4 +282,25 @@ def test_audit_rules_are_loaded_and_counted_or_left_for_the_next_boot(tmp_path, 
             assert host["audit"]["loaded"] == host["audit"]["expected"] > 10
             loaded = lab.path("/run/lab-audit.loaded").read_text()
             assert "-S execve" in loaded and "auid=7005" not in loaded  # the stale everything rule went
+        no_sshd_session_left(lab.net.server)
+
+
+def test_syslog_is_proven_by_a_row_on_the_log_server(tmp_path):
+    """A real MariaDB on this box's end of the lab's veth pair, inv logs.setup, then harden: the host's real
+    rsyslogd gets our snippet and its password file, and a line logged there must become a row."""
+    host_files = {"/etc/rsyslog.conf": RSYSLOG_CONF, "/etc/rsyslog.d/mysql.conf": "# not on a Gentoo host\n"}
+    with lab_host(tmp_path, host_files) as lab, closing(MariaDB(tmp_path / "db", bind=lab.net.peer).up()) as db:
+        syslog = {"enabled": True, "server": lab.net.peer, "port": db.port, "resume_interval": 1}
+        cfg = config(tmp_path, {"web1": lab}, [lab.image("web", ["web1"], syslog=syslog)])
+        cfg["logs"] = {"socket": str(db.socket)}
+        assert execute(copy.deepcopy(cfg), "logs-setup", logs_setup.setup, out=io.StringIO()) == 0
+        code, output, report = run_harden(cfg, ["web1"])
+        assert code == 0, output
+        host = report["summary"]["hosts"]["web1"]
+        assert "syslog: a test line reached Syslog.SystemEvents (1 row)" in host["message"]
+        assert lab.path("/etc/rsyslog-ommysql.pwd").stat().st_mode & 0o777 == 0o600
+        assert db.count("SysLogTag LIKE 'inv-harden%'") == 1
+        password = json.loads((tmp_path / "state/logs/passwords.json").read_text())["users"]["syslog_web"]
+        assert password not in output + "".join(p.read_text() for p in (tmp_path / "state").rglob("*.json")
+                                                 if p.name != "passwords.json")
         no_sshd_session_left(lab.net.server)

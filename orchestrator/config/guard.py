@@ -128,9 +128,9 @@ class FirewallConfig:
 
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._-]{0,63}")
 MANAGER_SERVICES = {  # what Gentoo's packages install, per init system
-    "openrc": {"knockd": "knock", "fwknopd": "fwknopd", "fail2ban": "fail2ban",
+    "openrc": {"knockd": "knock", "fwknopd": "fwknopd", "fail2ban": "fail2ban", "rsyslog": "rsyslog",
                "iptables": "iptables", "ip6tables": "ip6tables", "nft": "nftables"},
-    "systemd": {"knockd": "knockd", "fwknopd": "fwknopd", "fail2ban": "fail2ban",
+    "systemd": {"knockd": "knockd", "fwknopd": "fwknopd", "fail2ban": "fail2ban", "rsyslog": "rsyslog",
                 "iptables": "iptables-restore", "ip6tables": "ip6tables-restore", "nft": "nftables-restore"},
 }
 

@@ -25,6 +25,10 @@ Per image, once, on this box: the secrets (a one-time list refilled), the files 
    first), our files the config no longer makes removed, ``augenrules --load``, and ``auditctl -l`` must
    hold exactly the rules the files make ("No rules" fails: augenrules stops at the first bad line). A
    host whose rules are locked (``-e 2``) gets the files and is ``pending``: they load at its next boot.
+6. **syslog** (``syslog.enabled``): the INSERT-only user's password file (0600), then the rsyslog snippet
+   (its disk-assisted queue's directory made first), ``rsyslogd -N1`` on the host's whole config, rsyslog
+   restarted; proven when a ``logger`` line with a fresh token is a row of ``SystemEvents`` on the log
+   server (``logs``) within ``SYSLOG_PROOF_S``.
 
 Every run goes through the switch, even when nothing changed: the rules are loaded again and the way in is
 proven by a new connection. That also clears knockd's open windows (established sessions stay).
@@ -33,6 +37,7 @@ proven by a new connection. That also clears knockd's open windows (established 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,12 +57,16 @@ from .audit_rules import (FINALIZE, RULES_D, audit_warnings, check_loaded, enabl
                           render_audit, stale_paths)
 from .audit_validate import validate_audit
 from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
+from ..logs import SNIPPET, syslog_files
+from ..logs.client import Client, log_server
+from ..logs.query import Filters, fetch
 from .secrets import load_or_create, mark_one_time_deployed
 from .validate import validate_image
 
 FAIL2BAN_FILES = (r.JAIL_LOCAL, r.DIGEST_CRON)
 OK_STATUSES = ("hardened", "unchanged", "planned")
 FAIL2BAN_UP_S = 30  # fail2ban-client answers "pong" once the server and its jails are up
+SYSLOG_PROOF_S = 30  # a logger line's way through rsyslog's queue into SystemEvents
 
 FACTS = r"""
 say() { printf '%s=%s\n' "$1" "$2"; }
@@ -84,6 +93,7 @@ class ImagePlan:
     image: GuardImage
     key: str
     files: Mapping[str, r.RenderedFile]
+    syslog_files: Mapping[str, r.RenderedFile] = field(default_factory=dict)  # password file, then the snippet
 
     @property
     def guard_files(self) -> dict[str, r.RenderedFile]:
@@ -228,8 +238,12 @@ def plan_image(run: JobRun, image: GuardImage) -> ImagePlan:
             run.progress.warn(f"image {image.name}: {warning}")
         validate_audit(image, audit_files, key)
         passed.append(f"audit ({expected_rule_count(audit_files)} rules parsed by auditctl)")
-    run.echo(f"image {image.name}: {len(files) + len(audit_files)} files validated ({', '.join(passed)})")
-    return ImagePlan(image, key, {**files, **audit_files})
+    syslog = syslog_files(run, image, key)
+    if syslog:
+        passed.append("syslog (rsyslogd -N1)")
+    run.echo(f"image {image.name}: {len(files) + len(audit_files) + len(syslog)} files validated "
+             f"({', '.join(passed)})")
+    return ImagePlan(image, key, {**files, **audit_files}, syslog)
 
 
 # --- one host ------------------------------------------------------------------------------
@@ -277,7 +291,47 @@ def harden_host(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan) 
         _loginuid_report(run, host, login[0], result)
     if plan.audit_files and result.status != "failed":
         _audit(target, host, plan, result)
+    if plan.syslog_files and result.status != "failed":
+        _syslog(run, target, host, plan, services, result)
     return result
+
+
+def _syslog(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan, services: Services,
+            result: Outcome) -> None:
+    """The password file, the snippet, rsyslog checked and restarted; then a token logged on the host must
+    arrive in ``SystemEvents``. A failure fails the host (the firewall stays kept and saved)."""
+    try:
+        target.run(["install", "-d", "-m", "0700", "--", plan.image.syslog.queue_dir])
+        changed = [path for path, f in sorted(plan.syslog_files.items(), key=lambda item: item[0] == SNIPPET)
+                   if target.replace_file(path, f.text, mode=f.mode, secret=f.secret)]
+        target.run(["rsyslogd", "-N1"], mutates=False)
+        target.run(services.restart("rsyslog"))
+        _wait_running(target, services, "rsyslog")
+        target.run(services.enable("rsyslog"))
+        rows = _syslog_proof(run, target, host)
+    except OrchestratorError as exc:
+        result.status = "failed"
+        result.message += f"; syslog: {exc}"
+        return
+    result.changed += changed
+    if changed and result.status == "unchanged":
+        result.status = "hardened"
+    result.message += f"; syslog: a test line reached {run.section('logs').database}.SystemEvents ({rows} row)"
+
+
+def _syslog_proof(run: JobRun, target: Target, host: HostConfig) -> int:
+    token = f"inv-harden-{uuid.uuid4().hex}"
+    target.run(["logger", "-t", "inv-harden", "--", token])
+    logs = run.section("logs")
+    deadline = time.monotonic() + SYSLOG_PROOF_S
+    with log_server(run, logs) as server:
+        client = Client(server, logs)
+        while not (rows := fetch(client, logs, Filters(grep=token, since="1h", limit=5))):
+            if time.monotonic() > deadline:
+                raise OrchestratorError(f"the test line logged on {host.name} is not in SystemEvents after "
+                                        f"{SYSLOG_PROOF_S} s (is the database up, inv logs.setup run, the port open?)")
+            time.sleep(0.5)
+    return len(rows)
 
 
 def _is_audit(path: str) -> bool:
@@ -373,6 +427,8 @@ def _host_tools(image: GuardImage) -> list[str]:
         tools.append("fwknopd")
     if image.audit.enabled:
         tools += ["augenrules", "auditctl"]
+    if image.syslog.enabled:
+        tools += ["rsyslogd", "logger"]
     return tools
 
 
@@ -384,7 +440,7 @@ def _with_current_one_time_list(run: JobRun, plan: ImagePlan) -> ImagePlan:
         return plan
     path = r.DEFAULT_FACTS["one_time_file"]
     fresh = r.render_image(image, load_or_create(run, image))[path]
-    return ImagePlan(image, plan.key, {**plan.files, path: fresh})
+    return ImagePlan(image, plan.key, {**plan.files, path: fresh}, plan.syslog_files)
 
 
 def _changed_files(target: Target, files: Mapping[str, r.RenderedFile]) -> dict[str, str | None]:
@@ -403,6 +459,8 @@ def _dry_run(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan,
         target.replace_file(path, rendered.text, mode=rendered.mode, secret=rendered.secret)
     if plan.image.loginuid.enabled:
         check_and_fix_loginuid(target, plan.image.loginuid.services)
+    for path, rendered in sorted(plan.syslog_files.items()):
+        target.replace_file(path, rendered.text, mode=rendered.mode, secret=rendered.secret)
     apply_with_deadman(run, target, new_rules=plan.new_rules, backend=plan.image.firewall.backend,
                        window_s=plan.image.firewall.confirm_window, reconnect=_no_reconnect,
                        state_dir=run.section("guard").host_state_dir)
