@@ -98,8 +98,15 @@ def test_deploy_arms_then_rollback_then_reboot_proves(site: Site, fleet, tmp_pat
     assert "web1: default is gnulinux-advanced-x>gnulinux-6.1.0-old-advanced-x again" in done.stdout
     assert not (fleet["web1"] / f"boot/vmlinuz-{NEW}").exists() and (fleet["web2"] / f"boot/vmlinuz-{NEW}").exists()
 
+    # web1's guard image wants its audit rules immutable: -e 2 is written right before the reboot, for that boot
+    site.set("guard", {"images": [{"name": "web", "hosts": ["web1"], "guard": "none",
+                                   "audit": {"enabled": True, "immutable": True}}],
+                       "secrets_file": str(tmp_path / "secrets.json")})
     done = inv(site, tmp_path, "deploy-kernel", "@web", "--no-snapshot", "--reboot")
     assert done.returncode == 0, done
+    finalize = fleet["web1"] / "etc/audit/rules.d/99-finalize.rules"
+    assert "\n-e 2\n" in "\n" + finalize.read_text() and f"web1: audit: {finalize} (-e 2) written" in done.stdout
+    assert not (fleet["web2"] / "etc/audit").exists()
     for name in ("web1", "web2"):
         assert f"{name}: deployed: deployed: booted {NEW} ({OLD} -> {NEW})" in done.stdout.splitlines(), done.stdout
         assert running(fleet[name]) == NEW

@@ -154,8 +154,10 @@ def write_state(target: Target, host: HostRoot, staging_dir: str, state: dict) -
 # --- one host -----------------------------------------------------------------------------
 
 def deploy_host(run, target: Target, spec: HostSpec, aset: ArtifactSet, settings, *, reboot: bool, snapshot: bool,
-                ec2: Ec2Access | None, reconnect: Callable[[], AbstractContextManager[Target]]) -> Outcome:
-    """Deploy ``aset`` on one host; never raises for a host problem it can describe (returns ``failed``)."""
+                ec2: Ec2Access | None, reconnect: Callable[[], AbstractContextManager[Target]],
+                before_reboot: Callable[[Target], None] | None = None) -> Outcome:
+    """Deploy ``aset`` on one host; never raises for a host problem it can describe (returns ``failed``).
+    ``before_reboot(target)`` runs right before the reboot (what only a boot may load: audit's ``-e 2``)."""
     host = HostRoot(spec.root)
     facts = gather(target, spec, settings.staging_dir)
     if facts.instance_id and facts.instance_id != spec.instance_id:
@@ -185,6 +187,8 @@ def deploy_host(run, target: Target, spec: HostSpec, aset: ArtifactSet, settings
     out.message = ("installed, armed for one boot (not proven booted: the old kernel stays the default)"
                    if out.changed else "unchanged: installed and armed for one boot (not proven booted)")
     if reboot:
+        if before_reboot is not None:
+            before_reboot(target)
         return reboot_and_check(run, target, host, spec, aset, settings, facts, ec2, reconnect, out)
     return out
 

@@ -52,12 +52,24 @@ def deploy_kernels(run, names, *, image=None, version="", reboot=False, no_snaps
                 yield fresh
 
         outcomes[host.name] = deploy.deploy_host(run, target, spec, aset, kcfg.deploy, reboot=reboot,
-                                                 snapshot=snapshot, ec2=ec2, reconnect=reconnect)
+                                                 snapshot=snapshot, ec2=ec2, reconnect=reconnect,
+                                                 before_reboot=lambda t: _for_the_boot(run, host, t))
         return outcomes[host.name].status
 
     results = run_on_hosts(run, hosts, job, what=f"deploy kernel {aset.release}")
     run.report.summary["kernel"] = aset.release
     deploy.summarize(run, outcomes, results.failed)
+
+
+def _for_the_boot(run, host, target) -> None:
+    """The host's guard image's audit ``-e 2`` file (or its removal), which only this boot may load."""
+    from ..security.access import image_of
+    from ..security.audit_rules import schedule_next_boot
+
+    image = image_of(run, host)
+    if image is not None:
+        for line in schedule_next_boot(target, image, root=host.root):
+            run.echo(f"{host.name}: {line}")
 
 
 def rollback_kernel(run, name: str) -> None:

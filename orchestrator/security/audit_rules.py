@@ -14,6 +14,7 @@ the kernel deploy writes right before it reboots; the boot's own ``augenrules --
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -72,6 +73,22 @@ def render_next_boot(image: GuardImage) -> dict[str, RenderedFile]:
     if not (image.audit.enabled and image.audit.immutable):
         return {}
     return {FINALIZE: _file(image, "99-finalize", {})}
+
+
+def schedule_next_boot(target, image: GuardImage, *, root: str = "/") -> list[str]:
+    """Right before a reboot (the kernel deploy): ``99-finalize.rules`` written when ``immutable`` (the boot's
+    ``augenrules --load`` locks the rules), removed when not; what was done, as lines. Nothing without audit."""
+    if not image.audit.enabled:
+        return []
+    path = posixpath.join(root, FINALIZE.lstrip("/"))
+    wanted = render_next_boot(image).get(FINALIZE)
+    if wanted is not None:
+        changed = target.replace_file(path, wanted.text, mode=wanted.mode)
+        return [f"audit: {path} (-e 2) {'written' if changed else 'in place'}: the rules lock at this boot"]
+    if target.read_file(path) is not None:
+        target.run(["rm", "-f", "--", path])
+        return [f"audit: {path} removed (immutable is off)"]
+    return []
 
 
 def stale_paths(image: GuardImage) -> list[str]:
