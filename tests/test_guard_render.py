@@ -5,6 +5,7 @@ the rendered tree."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -492,3 +493,17 @@ def test_a_missing_validator_is_this_machines_problem_said_in_one_line(tmp_path,
     assert not isinstance(caught.value, ConfigError), "not a bad setting: exit 1, not 2"
     assert str(caught.value).startswith("guard.images[0]: cannot validate here: ip, fail2ban-client, "
                                         "iptables-restore, ip6tables-restore, knockd not found")
+
+
+def test_guard_render_writes_the_audit_rules_too(tmp_path):
+    from orchestrator.job import execute
+    from orchestrator.security import jobs
+
+    config = {"orchestrator": {"state_dir": str(tmp_path / "state"), "progress": "plain"},
+              "guard": {"images": [{"name": "web", "audit": {"enabled": True, "everything_auid": 7005}}]}}
+    out = io.StringIO()
+    assert execute(config, "guard-render", jobs.render_images, out=out) == 0, out.getvalue()
+    rules = tmp_path / "state/guard/rendered/web/etc/audit/rules.d"
+    assert sorted(p.name for p in rules.iterdir()) == ["10-base-config.rules", "30-main.rules", "31-privileged.rules",
+                                                      "40-exec.rules", "70-everything.rules"]
+    assert "-F auid=7005" in (rules / "70-everything.rules").read_text() and "audit" in out.getvalue()

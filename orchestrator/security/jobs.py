@@ -1,7 +1,8 @@
 """``inv guard.render``: every image's guard files rendered, validated, and written as the host's tree.
 
 ``guard.output_dir/<image>/`` holds the files as they go on the host
-(``etc/knockd.conf``, ``var/lib/iptables/rules-save``, ...), with their modes; the
+(``etc/knockd.conf``, ``var/lib/iptables/rules-save``, audit's ``etc/audit/rules.d/*``, rsyslog's snippet
+and password file, ...), with their modes; the
 directory is 0700 since some files hold secrets. A new tree replaces the old one
 whole (a file the image no longer gets does not linger). Under ``--dry``
 everything is rendered and validated (validation changes nothing on this box: it
@@ -19,6 +20,9 @@ from ..config.guard import GuardConfig, GuardImage
 from ..errors import ConfigError
 from ..job import JobRun
 from ..run.files import atomic_write
+from ..logs import syslog_files
+from .audit_rules import render_audit
+from .audit_validate import validate_audit
 from .render import RenderedFile, render_image
 from .secrets import load_or_create
 from .validate import validate_image
@@ -47,6 +51,13 @@ def render_one(run: JobRun, image: GuardImage, key: str) -> dict[str, RenderedFi
         run.report.warnings.append(warning)
     files = render_image(image, secrets)
     passed = validate_image(image, secrets, files, key=key)
+    audit = render_audit(image)
+    if audit:
+        validate_audit(image, audit, key)
+        passed.append("audit")
+    syslog = syslog_files(run, image, key)
+    passed += ["syslog"] if syslog else []
+    files = {**files, **audit, **syslog}
     target = output_root(run) / image.name
     if run.dry:
         for path, rendered in sorted(files.items()):
