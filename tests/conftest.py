@@ -6,13 +6,14 @@ import copy
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from children import no_sshd_session_left  # noqa: E402
+from children import no_sshd_session_left, wait_until  # noqa: E402
 from daemons import group_members  # noqa: E402
 from orchestrator.job import execute  # noqa: E402
 from sshd import running_sshd  # noqa: E402
@@ -106,3 +107,11 @@ def summary_value(output: str, key: str) -> str:
         if line.strip().startswith(f"{key}:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"{key} not in summary:\n{output}")
+
+
+def next_second() -> None:
+    """Until the clock is in a later whole second than when called (and past the file system's coarse clock
+    tick): a file changed after it has a later mtime second than a backup that ended before it (GNU tar and
+    the set ids compare whole seconds). Half a second on average, where ``sleep(1.1)`` was always 1.1 s."""
+    later = int(time.time()) + 1.02
+    wait_until(lambda: time.time() >= later, "the clock's next second", timeout=5, poll=0.01)
