@@ -19,6 +19,25 @@ from orchestrator.job import execute  # noqa: E402
 from sshd import running_sshd  # noqa: E402
 
 
+# The modules that take minutes (a kernel build, qemu boots) run first: under ``pytest -n 2`` one worker starts
+# on them at once while the other works through the rest, instead of their starting last and running alone.
+LONGEST_FIRST = ("test_kernel_build.py", "test_kernel_oneshot_qemu.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the order within stays
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n``, whole modules go to a worker, in collection order: a module's fixtures (the kernel lab, the
+    binhost lab, sshd, moto) are set up once, by one worker, and the longest modules start first."""
+    from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False
+    return LoadFileScheduling(config, log)
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A real sshd on a loopback port for the module; after it, its listener and every child are gone."""
