@@ -6,16 +6,36 @@ import copy
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from children import no_sshd_session_left  # noqa: E402
+from children import no_sshd_session_left, wait_until  # noqa: E402
 from daemons import group_members  # noqa: E402
 from orchestrator.job import execute  # noqa: E402
 from sshd import running_sshd  # noqa: E402
+
+
+# The modules that take minutes (a kernel build, qemu boots) run first: under ``pytest -n 2`` one worker starts
+# on them at once while the other works through the rest, instead of their starting last and running alone.
+LONGEST_FIRST = ("test_kernel_build.py", "test_kernel_oneshot_qemu.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the order within stays
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n``, whole modules go to a worker, in collection order: a module's fixtures (the kernel lab, the
+    binhost lab, sshd, moto) are set up once, by one worker, and the longest modules start first."""
+    from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False
+    return LoadFileScheduling(config, log)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +126,11 @@ def summary_value(output: str, key: str) -> str:
         if line.strip().startswith(f"{key}:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"{key} not in summary:\n{output}")
+
+
+def next_second() -> None:
+    """Until the clock is in a later whole second than when called (and past the file system's coarse clock
+    tick): a file changed after it has a later mtime second than a backup that ended before it (GNU tar and
+    the set ids compare whole seconds). Half a second on average, where ``sleep(1.1)`` was always 1.1 s."""
+    later = int(time.time()) + 1.02
+    wait_until(lambda: time.time() >= later, "the clock's next second", timeout=5, poll=0.01)

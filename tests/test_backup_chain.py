@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
 
-from conftest import summary_value
+from conftest import next_second, summary_value
 from treecmp import fingerprint
 
 from orchestrator.backup.layout import Layout
@@ -23,14 +22,14 @@ def test_incremental_chain_restores_each_state_including_deletions(site, tmp_pat
     (site.data / "doomed").write_text("will be deleted")
     full = backup_ok(site)
     state1 = fingerprint(site.data)
-    time.sleep(1.1)  # GNU tar compares mtimes
+    next_second()
     (site.data / "keep").write_text("v2")
     (site.data / "doomed").unlink()
     (site.data / "new dir").mkdir()
     (site.data / "new dir" / "added").write_text("added")
     incr1 = backup_ok(site)
     state2 = fingerprint(site.data)
-    time.sleep(1.1)
+    next_second()
     (site.data / "keep").write_text("v3")
     incr2 = backup_ok(site)
     with site.catalog() as cat:
@@ -147,7 +146,7 @@ def test_lost_catalog_is_rebuilt_from_the_store_and_the_chain_restores(site, tmp
 
     (site.data / "a").write_text("one")
     backup_ok(site)
-    time.sleep(1.1)
+    next_second()
     (site.data / "a").write_text("two")
     (site.data / "b").write_text("new")
     newest = backup_ok(site)

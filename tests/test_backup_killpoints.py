@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
 from backupcheck import backup_killed_at, rebuild_gives_the_same_sets, store_matches_catalog
-from conftest import summary_value
+from conftest import next_second, summary_value
 from treecmp import fingerprint
 
 from orchestrator.faults import BACKUP_POINTS
@@ -37,7 +36,7 @@ def first_tree(data) -> None:
 
 
 def change_tree(data) -> None:
-    time.sleep(1.1)  # GNU tar compares mtimes in whole seconds for unchanged files
+    next_second()
     shutil.rmtree(data / "B")
     os.rename(data / "A", data / "B")
     (data / "top").write_text("v2\n")

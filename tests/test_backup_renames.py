@@ -12,11 +12,10 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 
 import pytest
 
-from conftest import summary_value
+from conftest import next_second, summary_value
 from test_restore_by_hand import recipe, with_values
 from treecmp import fingerprint
 
@@ -58,7 +57,7 @@ def restored(site, tmp_path, set_id: str) -> dict:
 def test_renamed_directories_restore_with_inv_and_by_hand(site, tmp_path, change):
     tree(site)
     full = backup_ok(site)
-    time.sleep(1.1)
+    next_second()
     data = site.data
     if change == "replace B by A":
         shutil.rmtree(data / "B")
@@ -79,7 +78,7 @@ def test_a_new_directory_on_a_deleted_directorys_inode_is_not_taken_for_a_rename
     """Inode reuse, made deterministic: the parent's snapshot says the old D had N's inode."""
     tree(site)
     full = backup_ok(site)
-    time.sleep(1.1)
+    next_second()
     shutil.rmtree(site.data / "E")
     (site.data / "N").mkdir()
     (site.data / "N" / "n").write_text("new\n")
@@ -114,7 +113,7 @@ def test_a_stream_with_rename_records_is_refused_by_the_index(tmp_path):
     (src / "d" / "A" / "a").write_text("a")
     snap = tmp_path / "s.snar"
     subprocess.run(["tar", "-c", "--format=posix", f"-g{snap}", "-f", "/dev/null", "-C", str(src), "d"], check=True)
-    time.sleep(1.1)
+    next_second()
     shutil.rmtree(src / "d" / "B")
     os.rename(src / "d" / "A", src / "d" / "B")
     stream = subprocess.run(["tar", "-c", "--format=posix", f"-g{snap}", "-f", "-", "-C", str(src), "d"],

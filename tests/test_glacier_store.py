@@ -22,6 +22,7 @@ import boto3
 import pytest
 from botocore.utils import calculate_tree_hash
 
+from conftest import next_second
 from glacier_double import GlacierDouble, is_tree_hash_aligned, running_double
 from backupcheck import backup_child, processes_tagged
 from moto_server import FAKE_CREDENTIALS, running_moto
@@ -623,7 +624,7 @@ def backup_chain(site, double, vault: str) -> list[str]:
     os.symlink("notes.txt", site.data / "link")
     code, out = site.backup()
     assert code == 0, out
-    time.sleep(1.1)
+    next_second()
     (site.data / "notes.txt").write_text("second\n")
     (site.data / "sub" / "deep.txt").unlink()
     (site.data / "later.bin").write_bytes(os.urandom(300_000))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import time
 
-from conftest import summary_value
+from conftest import next_second, summary_value
 
 from orchestrator.backup import jobs
 from orchestrator.backup.metadata import manifest_description
@@ -24,7 +23,7 @@ def rebuild(site) -> tuple[int, str]:
 def chain(site) -> tuple[str, str]:
     (site.data / "a").write_text("first\n")
     full = backup_ok(site)
-    time.sleep(1.1)
+    next_second()
     (site.data / "b").write_text("second\n")
     return full, backup_ok(site)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import summary_value
+from conftest import next_second, summary_value
 from test_backup_roundtrip import gpg_home  # noqa: F401  (fixture)
 from treecmp import fingerprint, make_awkward_tree
 
@@ -35,7 +34,7 @@ def test_readme_recipe_restores_an_encrypted_incremental_chain(site, tmp_path, g
     code, out = site.backup()
     assert code == 0, out
     full = summary_value(out, "set")
-    time.sleep(1.1)
+    next_second()
     (site.data / "with space.txt").unlink()
     (site.data / "later.txt").write_text("added in the incremental")
     code, out = site.backup()

@@ -6,10 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from backupcheck import ROOT, processes_tagged
-from conftest import summary_value
+from conftest import next_second, summary_value
 from treecmp import fingerprint
 
 RESTORE_CHILD = """
@@ -27,7 +26,7 @@ def chain_of_two(site) -> tuple[str, str]:
     (site.data / "a").write_bytes(os.urandom(1500 * 1024))
     code, out = site.backup()
     assert code == 0, out
-    time.sleep(1.1)
+    next_second()
     (site.data / "b").write_bytes(os.urandom(1500 * 1024))
     code, out2 = site.backup()
     assert code == 0, out2

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
-from conftest import summary_value
+from conftest import next_second, summary_value
 from test_backup_roundtrip import gpg_home  # noqa: F401  (fixture)
 from test_cold_restore import ThawingStore
 from treecmp import make_awkward_tree
@@ -41,7 +40,7 @@ def test_drill_of_an_encrypted_incremental_chain_checks_every_file(site, gpg_hom
     site.set("backup.encryption", {"recipients": ["backup@test.invalid"], "gpg_home": str(gpg_home)})
     make_awkward_tree(site.data, big_size=1500 * 1024)
     backup_ok(site)
-    time.sleep(1.1)
+    next_second()
     (site.data / "sub" / "deeper" / "file").write_text("changed\n")
     (site.data / "with space.txt").unlink()
     newest = backup_ok(site)
