@@ -46,7 +46,7 @@ pidfile=/run/lab-$name.pid
 alive() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 start() {
     case $name in
-        knock) knockd -d -c /etc/knockd.conf -p "$pidfile" ;;
+        knock) knockd -d -c /etc/knockd.conf -p "$pidfile" -g /var/log/knockd.log ;;
         fwknopd) fwknopd -p "$pidfile" ;;
         fail2ban) fail2ban-client -x start >/dev/null && sed -n 1p /run/fail2ban/fail2ban.pid > "$pidfile" ;;
         rsyslog) rsyslogd -i "$pidfile" ;;

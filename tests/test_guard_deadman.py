@@ -372,3 +372,14 @@ def test_a_revert_that_cannot_restore_is_reported_failed(host, tmp_path, monkeyp
     (job,) = job_dirs(tmp_path)
     assert (job / "outcome").read_text().startswith("revert-failed")
     host.ns("iptables-restore", input=OLD_V4)  # let the cut sessions end (the fixture checks they do)
+
+
+def test_normalised_ignores_what_knockd_fwknopd_and_fail2ban_change_by_themselves():
+    base = "*filter\n:INPUT DROP [0:0]\n:guard-knock - [0:0]\n:f2b-sshd - [0:0]\n-A INPUT -j guard-knock\nCOMMIT\n"
+    busy = base.replace("COMMIT", "-A guard-knock -s 10.0.0.1/32 -p tcp -m tcp --dport 22 -j ACCEPT\n"
+                                  "-A f2b-sshd -s 192.0.2.9/32 -j REJECT\n-A FWKNOP_INPUT -s 10.0.0.2/32 -j ACCEPT\nCOMMIT")
+    assert normalised("iptables", busy) == normalised("iptables", base)
+    assert normalised("iptables", base) != normalised("iptables", base.replace("-j guard-knock", "-j ACCEPT"))
+    nft = "table inet guard {\n\tset knock4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n%s\t}\n}\n"
+    elements = "\t\telements = { 10.0.0.1 timeout 10s expires 9s,\n\t\t\t     10.0.0.3 timeout 10s expires 2s }\n"
+    assert normalised("nft", nft % elements) == normalised("nft", nft % "")

@@ -39,19 +39,21 @@ def _expand(cfg: FleetConfig, word: str, option: str) -> set[str]:
     return {word}
 
 
-def connect(run: JobRun, host: HostConfig, *, echo: Callable[[str], None] | None = None) -> RemoteTarget:
+def connect(run: JobRun, host: HostConfig, *, echo: Callable[[str], None] | None = None,
+            banner_timeout: float | None = None) -> RemoteTarget:
     """A ``RemoteTarget`` for ``host`` (use it as a context manager: it connects on first use and closes on
     exit), with the run's ``--dry`` and ``fleet.command_timeout`` as its default command timeout.
 
     A host behind a guard (``guard.images``) is knocked on (or sent its SPA packet) before every new
-    connection, and its sshd's banner waited for: once hardened, that is the only way in, for every job."""
+    connection, and its sshd's banner waited for (``banner_timeout``, default ``access.BANNER_TIMEOUT_S``):
+    once hardened, that is the only way in, for every job."""
     from ..security.access import open_way  # the guard builds on the fleet, not the other way round
 
     cfg: FleetConfig = run.section("fleet")
     return RemoteTarget(host.host, user=host.user, port=host.port, key_filename=host.key_filename,
                         connect_timeout=host.connect_timeout, known_hosts=host.known_hosts, dry=run.dry,
                         echo=echo or run.echo, command_timeout=cfg.command_timeout,
-                        before_connect=lambda: open_way(run, host))
+                        before_connect=lambda: open_way(run, host, banner_timeout))
 
 
 __all__ = ["ALL", "connect", "select_hosts"]

@@ -34,6 +34,7 @@ from .secrets import consume_one_time, load_or_create
 
 PROBE_S = 0.2  # one banner probe's connect timeout, and the pause after a refused one
 BANNER_TIMEOUT_S = 10.0
+REKNOCK_S = 2.0  # no banner this long after a knock: knock again (open_way)
 SSH = "ssh"
 
 
@@ -93,19 +94,35 @@ def knock(run: JobRun, way: Way, *, close: bool = False, allow_ip: str | None = 
     return _knock_sequence(run, way, close)
 
 
-def open_way(run: JobRun, host: HostConfig) -> None:
+def open_way(run: JobRun, host: HostConfig, banner_timeout: float | None = None) -> None:
     """Before a new connection to ``host``: its guard's knock (or SPA packet), then sshd's banner. Nothing for
     a host in no image or with ``guard: none``. Read-only ``--dry`` probes need the way in too, so this
-    knocks under ``--dry`` as well; except a one-time sequence, which would be used up: then it only tries."""
+    knocks under ``--dry`` as well; except a one-time sequence, which would be used up: then it only tries.
+
+    With no banner after ``REKNOCK_S`` it knocks again, until ``banner_timeout``: knockd's stop_command for
+    an earlier knock from this box deletes "-s IP ... -j ACCEPT", which is also the rule a new knock just
+    added (a rule set reloaded in between leaves such stops behind), and a packet can be lost."""
     image = image_of(run, host)
     if image is None or image.guard == "none" or (run.dry and image.guard == "knockd" and image.knock.one_time):
         return
     way = Way(host, image)
-    if image.guard == "fwknop":
-        _send_spa(run, way)
-    else:
-        _send_sequence(run, way, close=False)
-    wait_for_banner(host.host, host.port)
+    total = BANNER_TIMEOUT_S if banner_timeout is None else banner_timeout
+    deadline, knocks = time.monotonic() + total, 0
+    while True:
+        if image.guard == "fwknop":
+            _send_spa(run, way)
+        else:
+            _send_sequence(run, way, close=False)
+        knocks += 1
+        left = deadline - time.monotonic()
+        try:
+            wait_for_banner(host.host, host.port, max(PROBE_S, min(REKNOCK_S, left)))
+            return
+        except OrchestratorError as exc:
+            if left <= REKNOCK_S:
+                why = str(exc).rsplit("(", 1)[-1].rstrip(")")
+                raise OrchestratorError(f"ssh: {host.host} port {host.port} did not answer within {total:.0f} s "
+                                        f"({knocks} knock(s); {why})") from None
 
 
 def _knock_sequence(run: JobRun, way: Way, close: bool) -> str:

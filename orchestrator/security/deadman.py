@@ -367,13 +367,21 @@ def _prune(target: Target, state_dir: str) -> None:
         target.run(["rm", "-rf", "--", posixpath.join(state_dir, name)])
 
 
+# Chains whose rules daemons add and take away by themselves: knockd's per-knocker ACCEPTs (its stop_command
+# may run while a revert is compared), fwknopd's, and fail2ban's bans (``f2b-<jail>``).
+DYNAMIC_CHAIN = re.compile(r"-A (?:guard-knock|FWKNOP_INPUT|f2b-\S+) ")
+
+
 def normalised(tool: str, text: str) -> str:
-    """A save listing without what changes by itself: comments, packet/byte counters, and for iptables
+    """A save listing without what changes by itself: comments, packet/byte counters, the rules and set
+    elements daemons add and remove on their own (``DYNAMIC_CHAIN``, nft ``elements``), and for iptables
     tables that hold nothing (built-in chains with ACCEPT only: the same as no table)."""
     if tool == "nft":
         text = re.sub(r"counter packets \d+ bytes \d+", "counter packets 0 bytes 0", text)
+        text = re.sub(r"\n\s*elements = \{[^}]*\}", "", text)
         return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    lines = [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
+    lines = [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines()
+             if not line.startswith("#") and not DYNAMIC_CHAIN.match(line)]
     return "\n".join(line for block in _table_blocks(lines) if not _empty_block(block) for line in block)
 
 

@@ -66,6 +66,10 @@ from .validate import validate_image
 FAIL2BAN_FILES = (r.JAIL_LOCAL, r.DIGEST_CRON)
 OK_STATUSES = ("hardened", "unchanged", "planned")
 FAIL2BAN_UP_S = 30  # fail2ban-client answers "pong" once the server and its jails are up
+# A confirming connection tries again (a fresh knock each time) until the window ends; waiting briefly for
+# each banner leaves room for several tries: with iptables, the stop_command of a knock made shortly
+# before can take out the very rule a new knock just added (both read "-s IP ... -j ACCEPT").
+RECONNECT_BANNER_S = 3
 SYSLOG_PROOF_S = 30  # a logger line's way through rsyslog's queue into SystemEvents
 
 FACTS = r"""
@@ -514,7 +518,7 @@ def _wait_running(target: Target, services: Services, daemon: str) -> None:
 def _through_the_guard(run: JobRun, host: HostConfig) -> Iterator[Target]:
     """A new connection the way an admin gets in: ``connect`` knocks (or sends one SPA packet) and waits for
     sshd's banner first."""
-    with connect(run, host) as fresh:
+    with connect(run, host, banner_timeout=RECONNECT_BANNER_S) as fresh:
         yield fresh
 
 
