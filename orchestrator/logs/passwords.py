@@ -9,19 +9,16 @@ secrets store's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets as csprng
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OrchestratorError
-from ..security.secrets import Secret, store_lock, write_store
+from ..security.secrets import Secret, read_private_json, store_lock, write_store
 
 PASSWORD_BYTES = 24  # 32 characters of token_urlsafe
 PASSWORD = re.compile(r"[A-Za-z0-9_-]{16,128}")
-FILE_VERSION = 1
 
 
 def passwords_path(run_or_path: Any) -> Path:
@@ -34,19 +31,7 @@ def passwords_path(run_or_path: Any) -> Path:
 
 def read_passwords(path: Path) -> dict:
     """The whole file, or an empty one; a file others can read is refused."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {"version": FILE_VERSION, "users": {}}
-    if st.st_mode & 0o077:
-        raise ConfigError(f"{path}: mode {st.st_mode & 0o777:o} lets others read database passwords; chmod 600 it")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise OrchestratorError(f"{path}: not a readable passwords file ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("users"), dict):
-        raise OrchestratorError(f"{path}: not a logs passwords file (no users mapping)")
-    return data
+    return read_private_json(path, "users", "database passwords")
 
 
 def password_for(run_or_path: Any, user: str, *, save: bool | None = None) -> Secret:

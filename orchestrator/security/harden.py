@@ -50,16 +50,16 @@ from ..faults import crash_point
 from ..fleet.hosts import connect, select_hosts
 from ..fleet.runner import run_on_hosts
 from ..job import JobRun
-from ..run import Target
-from . import access, render as r
-from .deadman import Undo, apply_with_deadman
-from .audit_rules import (FINALIZE, RULES_D, audit_warnings, check_loaded, enabled_state, expected_rule_count,
-                          render_audit, stale_paths)
-from .audit_validate import validate_audit
-from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
 from ..logs import SNIPPET, syslog_files
 from ..logs.client import Client, log_server
 from ..logs.query import Filters, fetch
+from ..run import Target
+from . import access, render as r
+from .audit_rules import (FINALIZE, RULES_D, audit_warnings, check_loaded, enabled_state, expected_rule_count,
+                          render_audit, stale_paths)
+from .audit_validate import validate_audit
+from .deadman import Undo, apply_with_deadman
+from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
 from .secrets import load_or_create, mark_one_time_deployed
 from .validate import validate_image
 

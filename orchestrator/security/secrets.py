@@ -165,18 +165,25 @@ def store_lock(path: Path) -> Iterator[None]:
 
 def read_store(path: Path) -> dict:
     """The whole secrets file, or an empty one. A file others can read is refused (it holds keys)."""
+    return read_private_json(path, "images", "guard secrets")
+
+
+def read_private_json(path: Path, key: str, holds: str) -> dict:
+    """A 0600 JSON store with a ``key`` mapping (``{"version", key: {}}`` when there is no file yet); one
+    line when others may read it, it is not JSON, or it lacks the mapping. Shared by the guard secrets and
+    the logs passwords."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        return {"version": FILE_VERSION, "images": {}}
+        return {"version": FILE_VERSION, key: {}}
     if st.st_mode & 0o077:
-        raise ConfigError(f"{path}: mode {st.st_mode & 0o777:o} lets others read guard secrets; chmod 600 it")
+        raise ConfigError(f"{path}: mode {st.st_mode & 0o777:o} lets others read {holds}; chmod 600 it")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise OrchestratorError(f"{path}: not a readable guard secrets file ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
-        raise OrchestratorError(f"{path}: not a guard secrets file (no images mapping)")
+        raise OrchestratorError(f"{path}: not a readable {holds} file ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+        raise OrchestratorError(f"{path}: not a {holds} file (no {key} mapping)")
     return data
 
 
