@@ -226,3 +226,20 @@ def test_inv_logs_through_invoke(ready, tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["Message"] == "job ran"
     assert socket.gethostname()  # rows carry the sending host's name as FromHost
+
+
+def test_inv_logs_on_a_log_server_reached_over_ssh(ready, db, sshd):
+    """``logs.host`` names a fleet host: the ``mariadb`` client runs there over SSH (here: the test sshd on
+    this box, which reaches the same socket)."""
+    db.root_sql("INSERT INTO SystemEvents (ReceivedAt, DeviceReportedTime, FromHost, SysLogTag, Message) "
+                "VALUES (NOW(), NOW(), 'far', 'app[1]:', 'over ssh 4711');", "Syslog")
+    config = copy.deepcopy(ready.config)
+    config["fleet"] = {"hosts": [{"name": "logserver", "host": sshd.host, "port": sshd.port,
+                                  "key_filename": sshd.key_filename, "known_hosts": sshd.known_hosts}]}
+    config["logs"]["host"] = "logserver"
+    out = io.StringIO()
+    code = execute({**config, "run": {"dry": False}}, "logs", lambda run: lq.show(run, lq.Filters(grep="over ssh"),
+                                                                                   True), out=out)
+    assert code == 0, out.getvalue()
+    assert [json.loads(line)["Message"] for line in out.getvalue().splitlines() if line.startswith("{")] == \
+        ["over ssh 4711"]

@@ -358,6 +358,8 @@ def _audit(target: Target, host: HostConfig, plan: ImagePlan, result: Outcome) -
         result.status = "pending"
         result.message += f"; audit: the host's rules are locked (-e 2): the {expected} rules load at its next boot"
         return
+    if target.read_file(FINALIZE) is not None:  # deploy-kernel wrote it for a reboot that has not come yet
+        result.message += f"; audit: {FINALIZE} is there (-e 2): this load locks the rules until the next boot"
     try:
         target.run(["augenrules", "--load"])
         loaded = check_loaded(target.run(["auditctl", "-l"], mutates=False).stdout, expected, where=host.name)
