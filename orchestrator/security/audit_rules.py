@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import dataclass
 from collections.abc import Mapping
 
 from ..config.audit import EVERYTHING_WARNING, AuditConfig
@@ -89,6 +90,38 @@ def schedule_next_boot(target, image: GuardImage, *, root: str = "/") -> list[st
         target.run(["rm", "-f", "--", path])
         return [f"audit: {path} removed (immutable is off)"]
     return []
+
+
+@dataclass
+class AuditLoad:
+    """What ``install_and_load`` did on a host: files changed, rules expected and loaded (None: the host's
+    rules are locked with ``-e 2``, the files wait for its next boot), and a remark for the summary."""
+
+    changed: list[str]
+    expected: int
+    loaded: int | None
+    remark: str = ""
+
+
+def install_and_load(target, image: GuardImage, files: Mapping[str, RenderedFile], *, where: str) -> AuditLoad:
+    """``inv harden``'s audit step: the files, our stale ones removed (not ``FINALIZE``: the kernel deploy's,
+    for its reboot), then ``augenrules --load`` and the count checked (``check_loaded`` raises). A host whose
+    rules are locked gets the files only."""
+    changed = [path for path, f in sorted(files.items()) if target.replace_file(path, f.text, mode=f.mode)]
+    for path in stale_paths(image):
+        if path != FINALIZE and target.read_file(path) is not None:
+            target.run(["rm", "-f", "--", path])
+            changed.append(path)
+    expected = expected_rule_count(files)
+    if enabled_state(target.run(["auditctl", "-s"], mutates=False).stdout) == 2:
+        return AuditLoad(changed, expected, None, f"the host's rules are locked (-e 2): the {expected} rules load "
+                                                  "at its next boot")
+    remark = ""
+    if target.read_file(FINALIZE) is not None:  # deploy-kernel wrote it for a reboot that has not come yet
+        remark = f"{FINALIZE} is there (-e 2): this load locks the rules until the next boot; "
+    target.run(load_commands()[0])
+    loaded = check_loaded(target.run(load_commands()[1], mutates=False).stdout, expected, where=where)
+    return AuditLoad(changed, expected, loaded, remark + f"{loaded} rules loaded")
 
 
 def stale_paths(image: GuardImage) -> list[str]:

@@ -28,7 +28,7 @@ Per image, once, on this box: the secrets (a one-time list refilled), the files 
 6. **syslog** (``syslog.enabled``): the INSERT-only user's password file (0600), then the rsyslog snippet
    (its disk-assisted queue's directory made first), ``rsyslogd -N1`` on the host's whole config, rsyslog
    restarted; proven when a ``logger`` line with a fresh token is a row of ``SystemEvents`` on the log
-   server (``logs``) within ``SYSLOG_PROOF_S``.
+   server (``logs``) in time (``logs.delivery``).
 
 Every run goes through the switch, even when nothing changed: the rules are loaded again and the way in is
 proven by a new connection. That also clears knockd's open windows (established sessions stay).
@@ -37,7 +37,6 @@ proven by a new connection. That also clears knockd's open windows (established 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,12 +50,10 @@ from ..fleet.hosts import connect, select_hosts
 from ..fleet.runner import run_on_hosts
 from ..job import JobRun
 from ..logs import SNIPPET, syslog_files
-from ..logs.client import Client, log_server
-from ..logs.query import Filters, fetch
+from ..logs.delivery import prove_delivery
 from ..run import Target
 from . import access, render as r
-from .audit_rules import (FINALIZE, RULES_D, audit_warnings, check_loaded, enabled_state, expected_rule_count,
-                          render_audit, stale_paths)
+from .audit_rules import RULES_D, audit_warnings, expected_rule_count, install_and_load, render_audit
 from .audit_validate import validate_audit
 from .deadman import Undo, apply_with_deadman
 from .loginuid import LoginuidResult, check_and_fix_loginuid, loginuid_over_ssh
@@ -70,7 +67,6 @@ FAIL2BAN_UP_S = 30  # fail2ban-client answers "pong" once the server and its jai
 # each banner leaves room for several tries: with iptables, the stop_command of a knock made shortly
 # before can take out the very rule a new knock just added (both read "-s IP ... -j ACCEPT").
 RECONNECT_BANNER_S = 3
-SYSLOG_PROOF_S = 30  # a logger line's way through rsyslog's queue into SystemEvents
 
 FACTS = r"""
 say() { printf '%s=%s\n' "$1" "$2"; }
@@ -312,30 +308,13 @@ def _syslog(run: JobRun, target: Target, host: HostConfig, plan: ImagePlan, serv
         target.run(services.restart("rsyslog"))
         _wait_running(target, services, "rsyslog")
         target.run(services.enable("rsyslog"))
-        rows = _syslog_proof(run, target, host)
+        rows = prove_delivery(run, target, host.name)
     except OrchestratorError as exc:
         result.status = "failed"
         result.message += f"; syslog: {exc}"
         return
-    result.changed += changed
-    if changed and result.status == "unchanged":
-        result.status = "hardened"
+    _changed(result, changed)
     result.message += f"; syslog: a test line reached {run.section('logs').database}.SystemEvents ({rows} row)"
-
-
-def _syslog_proof(run: JobRun, target: Target, host: HostConfig) -> int:
-    token = f"inv-harden-{uuid.uuid4().hex}"
-    target.run(["logger", "-t", "inv-harden", "--", token])
-    logs = run.section("logs")
-    deadline = time.monotonic() + SYSLOG_PROOF_S
-    with log_server(run, logs) as server:
-        client = Client(server, logs)
-        while not (rows := fetch(client, logs, Filters(grep=token, since="1h", limit=5))):
-            if time.monotonic() > deadline:
-                raise OrchestratorError(f"the test line logged on {host.name} is not in SystemEvents after "
-                                        f"{SYSLOG_PROOF_S} s (is the database up, inv logs.setup run, the port open?)")
-            time.sleep(0.5)
-    return len(rows)
 
 
 def _is_audit(path: str) -> bool:
@@ -343,33 +322,26 @@ def _is_audit(path: str) -> bool:
 
 
 def _audit(target: Target, host: HostConfig, plan: ImagePlan, result: Outcome) -> None:
-    """The rules files, our stale ones gone, then loaded and counted; a locked host gets them for its next boot."""
-    changed = [path for path, f in sorted(plan.audit_files.items()) if target.replace_file(path, f.text, mode=f.mode)]
-    for path in stale_paths(plan.image):
-        if path != FINALIZE and target.read_file(path) is not None:  # -e 2 is the kernel deploy's, for its reboot
-            target.run(["rm", "-f", "--", path])
-            changed.append(path)
-    result.changed += changed
-    if changed and result.status == "unchanged":
-        result.status = "hardened"
-    expected = expected_rule_count(plan.audit_files)
-    if enabled_state(target.run(["auditctl", "-s"], mutates=False).stdout) == 2:
-        result.audit = {"expected": expected, "loaded": "locked (-e 2)"}
-        result.status = "pending"
-        result.message += f"; audit: the host's rules are locked (-e 2): the {expected} rules load at its next boot"
-        return
-    if target.read_file(FINALIZE) is not None:  # deploy-kernel wrote it for a reboot that has not come yet
-        result.message += f"; audit: {FINALIZE} is there (-e 2): this load locks the rules until the next boot"
+    """The audit step (``audit_rules.install_and_load``) into the host's outcome: a failed load fails it, a
+    locked host is ``pending``."""
     try:
-        target.run(["augenrules", "--load"])
-        loaded = check_loaded(target.run(["auditctl", "-l"], mutates=False).stdout, expected, where=host.name)
+        load = install_and_load(target, plan.image, plan.audit_files, where=host.name)
     except OrchestratorError as exc:
-        result.audit = {"expected": expected, "loaded": "failed"}
+        result.audit = {"expected": expected_rule_count(plan.audit_files), "loaded": "failed"}
         result.status = "failed"
         result.message += f"; audit: {exc}"
         return
-    result.audit = {"expected": expected, "loaded": loaded}
-    result.message += f"; audit: {loaded} rules loaded"
+    _changed(result, load.changed)
+    result.audit = {"expected": load.expected, "loaded": "locked (-e 2)" if load.loaded is None else load.loaded}
+    result.message += f"; audit: {load.remark}"
+    if load.loaded is None:
+        result.status = "pending"
+
+
+def _changed(result: Outcome, paths: list[str]) -> None:
+    result.changed += paths
+    if paths and result.status == "unchanged":
+        result.status = "hardened"
 
 
 def _pam_texts(target: Target, image: GuardImage) -> dict[str, str]:
