@@ -390,8 +390,17 @@ class ServeProcess:
         return sorted(pid for pid in tagged(self.tag) if pid != self.proc.pid)
 
     def wait_for(self, condition, what: str, poll: float = 0.05) -> None:
-        wait_until(lambda: condition() or self.proc.poll() is not None, f"inv binhost.serve: {what}", poll=poll)
-        assert condition(), f"inv binhost.serve exited {self.proc.returncode} before {what}: {self.output}"
+        """Until ``condition()`` is true once (judged on that value: the daemon seen a moment ago may be
+        between fork and exec when asked again), or the child ended first."""
+        seen = []
+
+        def met() -> bool:
+            if condition():
+                seen.append(True)
+            return bool(seen) or self.proc.poll() is not None
+
+        wait_until(met, f"inv binhost.serve: {what}", poll=poll)
+        assert seen, f"inv binhost.serve exited {self.proc.returncode} before {what}: {self.output}"
 
     def stop(self, sig: signal.Signals) -> int:
         self.proc.send_signal(sig)
