@@ -16,7 +16,7 @@ from typing import Annotated, Literal, NamedTuple
 from ..errors import ConfigError
 from .audit import AuditConfig
 from .syslog import SyslogConfig
-from .validator import Between, Cidr, Port, check_unique_names
+from .validator import Between, Cidr, Port, check_unique_names, find_named
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HOST_WORD = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -332,11 +332,7 @@ class GuardConfig:
                     raise ConfigError(f"guard.images[{i}].hosts[{j}]: no {what} {word!r} in fleet.hosts")
 
     def image(self, name: str) -> GuardImage:
-        for image in self.images:
-            if image.name == name:
-                return image
-        names = ", ".join(i.name for i in self.images) or "none configured"
-        raise ConfigError(f"--image: no image {name!r} in guard.images ({names})")
+        return find_named(self.images, name, "guard.images")
 
     def index(self, name: str) -> int:
         return [i.name for i in self.images].index(name)

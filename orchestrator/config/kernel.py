@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from ..errors import ConfigError
-from .validator import MAX_WORKERS, Between
+from .validator import MAX_WORKERS, Between, find_named
 
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAKE_CONFIG_TARGET = re.compile(r"[a-z0-9_.]*config")  # defconfig, tinyconfig, kvm_guest.config, ...
@@ -164,8 +164,4 @@ class KernelConfig:
             raise ConfigError(f"{key}.work_dir: must be an absolute path, got {self.work_dir!r}")
 
     def image(self, name: str) -> ImageConfig:
-        for image in self.images:
-            if image.name == name:
-                return image
-        names = ", ".join(i.name for i in self.images) or "none configured"
-        raise ConfigError(f"--image: no image {name!r} in kernel.images ({names})")
+        return find_named(self.images, name, "kernel.images")

@@ -108,6 +108,16 @@ def check_unique_names(names: Iterable[str], key: str) -> None:
         seen[name] = i
 
 
+def find_named(items: list, name: str, key: str):
+    """The entry of ``items`` (each with a ``name``) called ``name``; else one line for ``--image`` listing
+    what ``key`` (``kernel.images``, ``guard.images``) holds."""
+    for item in items:
+        if item.name == name:
+            return item
+    names = ", ".join(item.name for item in items) or "none configured"
+    raise ConfigError(f"--image: no image {name!r} in {key} ({names})")
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -80,7 +80,7 @@ def log_server(run, logs: LogsConfig) -> Iterator[Target]:
         return
     from ..fleet.hosts import connect
 
-    host = next(h for h in run.section("fleet").hosts if h.name == logs.host)
+    host = run.section("fleet").host(logs.host)  # strict config checked it is there
     with connect(run, host) as remote:
         yield remote
 

@@ -180,12 +180,13 @@ class Services:
 
 def harden(run: JobRun, words: list[str], image_name: str | None = None) -> dict[str, Outcome]:
     """Harden the named hosts (or every host of ``--image``) at once; exit 0 only when every host is proven."""
-    hosts, images = _chosen(run, words, image_name)
+    hosts, image_of_host = _chosen(run, words, image_name)
+    images = {image.name: image for image in image_of_host.values()}
     plans = {name: plan_image(run, image) for name, image in images.items()}
     outcomes: dict[str, Outcome] = {}
 
     def job(host: HostConfig, target: Target) -> str:
-        plan = plans[_image_of(run, host).name]
+        plan = plans[image_of_host[host.name].name]
         outcomes[host.name] = harden_host(run, target, host, plan)
         return outcomes[host.name].status
 
@@ -195,6 +196,7 @@ def harden(run: JobRun, words: list[str], image_name: str | None = None) -> dict
 
 
 def _chosen(run: JobRun, words: list[str], image_name: str | None) -> tuple[list[HostConfig], dict[str, GuardImage]]:
+    """The hosts, and each host's image by host name; every choice checked before anything runs."""
     guard, fleet = run.section("guard"), run.section("fleet")
     if image_name and words:
         raise ConfigError("--image and --hosts: choose hosts one way, not both")
@@ -212,16 +214,10 @@ def _chosen(run: JobRun, words: list[str], image_name: str | None) -> tuple[list
         if host.root != "/":
             raise ConfigError(f"fleet.hosts[{fleet.names.index(host.name)}].root: harden changes the running "
                               f"system of {host.name}; its root must be /, not {host.root}")
-        image = _image_of(run, host)
-        images[image.name] = image
+        images[host.name] = access.image_of(run, host)
+        if images[host.name] is None:
+            raise ConfigError(f"guard.images: host {host.name!r} is in no image's hosts; add it to one")
     return hosts, images
-
-
-def _image_of(run: JobRun, host: HostConfig) -> GuardImage:
-    image = access.image_of(run, host)
-    if image is None:
-        raise ConfigError(f"guard.images: host {host.name!r} is in no image's hosts; add it to one")
-    return image
 
 
 def plan_image(run: JobRun, image: GuardImage) -> ImagePlan:

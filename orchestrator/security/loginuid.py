@@ -23,7 +23,6 @@ from typing import Any
 from ..config.guard import never_loginuid
 from ..errors import OrchestratorError
 from ..run import Target
-from ..run.files import diff_lines
 from . import pam
 
 PAM_DIRS = ("etc/pam.d", "usr/lib/pam.d")  # Linux-PAM looks in /etc/pam.d first, then the vendor directory
@@ -79,18 +78,16 @@ class LoginuidResult:
         return {"services": services, **({"warnings": self.warnings} if self.warnings else {})}
 
 
-def check_and_fix_loginuid(target: Target, services: Iterable[str], *, dry: bool | None = None,
-                           root: str = "/") -> LoginuidResult:
+def check_and_fix_loginuid(target: Target, services: Iterable[str], *, root: str = "/") -> LoginuidResult:
     """Each service's session stack made to set the login uid; su/sudo stacks that do are warned about.
 
-    ``dry`` (default: the target's own ``--dry``) reads and plans but writes nothing; with a dry target
-    the diff is printed. ``root`` is the host's system root as seen over SSH (``fleet.hosts[].root``).
+    On a ``--dry`` target it reads and plans, prints the diff and writes nothing. ``root`` is the host's
+    system root as seen over SSH (``fleet.hosts[].root``).
     """
-    dry = target.dry if dry is None else dry
     host = _HostPam(target, root)
     result = LoginuidResult()
     for name in services:
-        result.services.append(host.fix(name, dry))
+        result.services.append(host.fix(name))
     result.warnings = host.escalation_warnings()
     return result
 
@@ -130,7 +127,7 @@ class _HostPam:
             self._module = self.target.run(argv, check=False, mutates=False).ok
         return self._module
 
-    def fix(self, name: str, dry: bool) -> ServiceLoginuid:
+    def fix(self, name: str) -> ServiceLoginuid:
         path = self.service_path(name)
         if never_loginuid(name):
             return ServiceLoginuid(name, path, "failed", "su/sudo: pam_loginuid must never be set there; refused")
@@ -138,11 +135,11 @@ class _HostPam:
         if text is None:
             return ServiceLoginuid(name, path, "missing-file", f"no {path}: not installed; nothing created")
         try:
-            return self._fix(name, path, text, dry)
+            return self._fix(name, path, text)
         except OrchestratorError as exc:
             return ServiceLoginuid(name, path, "failed", str(exc))
 
-    def _fix(self, name: str, path: str, text: str, dry: bool) -> ServiceLoginuid:
+    def _fix(self, name: str, path: str, text: str) -> ServiceLoginuid:
         found = pam.loginuid_entries(text, name, self.resolve)
         enforced = [f for f in found if f.enforcing]
         if enforced:
@@ -151,24 +148,17 @@ class _HostPam:
             return ServiceLoginuid(name, path, "no-module", "pam_loginuid.so is not in any lib*/security "
                                    "directory of the host; a required line naming it would fail every session")
         new = pam.ensure_loginuid(text, name, self.resolve)
-        self._write(name, path, text, new, dry)
+        self._write(name, path, new)
         why = _why_added(text, found)
-        if dry:
+        if self.target.dry:
             return ServiceLoginuid(name, path, "would-add", why)
         return ServiceLoginuid(name, path, "added", f"{why}; the previous file kept as .{name}.previous",
                                previous=text)
 
-    def _write(self, name: str, path: str, old: str, new: str, dry: bool) -> None:
-        """Validated, atomic, previous kept; dry: the diff only (a dry target prints it in replace_file)."""
-        validate = pam.loginuid_validator(name, self.resolve)
-        if dry and not self.target.dry:
-            validate(new)
-            self.target.echo(f"[dry-run] {self.target.describe()}: replace {path}")
-            for line in diff_lines(path, old.encode(), new.encode()):
-                self.target.echo(line)
-            return
-        self.target.replace_file(path, new, validate=validate)
-        if not dry:
+    def _write(self, name: str, path: str, new: str) -> None:
+        """Validated, atomic, previous kept (``replace_file``; on a dry target it prints the diff only)."""
+        self.target.replace_file(path, new, validate=pam.loginuid_validator(name, self.resolve))
+        if not self.target.dry:
             self._texts[path] = new
 
     def escalation_warnings(self) -> list[str]:
